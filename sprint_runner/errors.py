@@ -1,0 +1,23 @@
+"""The errors the store raises beyond ``ValueError`` and ``TypeError``."""
+from __future__ import annotations
+
+import sqlite3
+
+import peewee
+
+
+class IntegrityError(peewee.IntegrityError, sqlite3.IntegrityError):
+    """A broken reference (a missing parent row) or another constraint failure.
+
+    It is both a ``peewee.IntegrityError`` and a ``sqlite3.IntegrityError``, so
+    code written for the old module (which let sqlite3's error through) keeps
+    catching it, on every backend.
+    """
+
+
+class SchemaError(peewee.DatabaseError):
+    """The database cannot be used or upgraded as it is; nothing was written."""
+
+
+class LockTimeout(peewee.OperationalError):
+    """The write lock could not be taken within the store's bounded retries."""
