@@ -179,6 +179,9 @@ def open_database(target: str | os.PathLike[str] | peewee.Database, *,
             if backend == "postgresql":
                 return PooledPostgresqlDatabase(name, **pool, **params)
             # LONGTEXT: MySQL's TEXT stops at 64 KiB where SQLite and PostgreSQL do not.
+            # FOUND_ROWS (client flag 2): UPDATE reports rows matched, as SQLite and
+            # PostgreSQL do, not only rows whose values changed.
+            params.setdefault("client_flag", 2)
             return PooledMySQLDatabase(name, field_types={"TEXT": "LONGTEXT"},
                                        charset="utf8mb4", **pool, **params)
     if target == ":memory:" or target.startswith("file::memory:"):

@@ -34,7 +34,6 @@ logger = logging.getLogger("sprint_runner")
 
 SCHEMA_TABLES: tuple[str, ...] = tuple(m._meta.table_name for m in MODELS)
 _MIGRATIONS_TABLE = SchemaMigration._meta.table_name
-_MYSQL_TABLE_OPTIONS = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,21 @@ def create_table(database: peewee.Database, model: type[BaseModel],
     target = _renamed(model, table_name) if table_name else model
     ctx = peewee.SchemaManager(target, database)._create_table(safe=table_name is None)
     if backend_of(database) == "mysql":
-        # Binary collation: keys compare exactly (case and trailing spaces), as on SQLite.
-        ctx.literal(_MYSQL_TABLE_OPTIONS)
+        ctx.literal(_mysql_table_options(database))
     database.execute(ctx)
+
+
+def _mysql_table_options(database: peewee.Database) -> str:
+    # A binary, NO PAD collation: keys compare exactly, case and trailing spaces
+    # included, as they do on SQLite and PostgreSQL.
+    (version,) = database.execute_sql("SELECT VERSION()").fetchone()
+    if "mariadb" in version.lower():
+        collation = "utf8mb4_nopad_bin"
+    elif int(version.split(".")[0]) >= 8:
+        collation = "utf8mb4_0900_bin"
+    else:  # pragma: no cover - MySQL 5.7 has no NO PAD binary collation
+        collation = "utf8mb4_bin"
+    return f" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}"
 
 
 def existing_indexes(database: peewee.Database, table: str) -> set[str]:

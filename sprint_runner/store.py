@@ -96,7 +96,14 @@ class _Statements:
     def __init__(self, database: peewee.Database) -> None:
         self.database = database
         c = lambda q, cols=(), expect=None: compile_query(database, q, cols, expect)  # noqa: E731
-        self.insert_batch = c(Batch.insert({
+
+        def insert(query: Any, expect: tuple[str, ...]) -> Statement:
+            # Servers with RETURNING (PostgreSQL) hand back the new id that way.
+            if database.returning_clause:
+                query = query.returning(query.model.id)
+            return compile_query(database, query, (), expect)
+
+        self.insert_batch = insert(Batch.insert({
             Batch.started_at: Slot("started_at"), Batch.max_cycles: Slot("max_cycles"),
             Batch.cycles_completed: Slot("cycles_completed"), Batch.status: Slot("status"),
             Batch.owner: Slot("owner"), Batch.heartbeat_at: Slot("heartbeat_at")}),
@@ -108,7 +115,7 @@ class _Statements:
             .order_by(Batch.id.desc()).limit(Slot("limit")), BATCH_COLUMNS)
         self.cycles = c(Batch.select(Batch.cycles_completed).where(Batch.id == Slot("id")))
 
-        self.insert_story = c(Story.insert({
+        self.insert_story = insert(Story.insert({
             Story.batch: Slot("batch_id"), Story.story_key: Slot("story_key"),
             Story.epic_id: Slot("epic_id"), Story.status: Slot("status"),
             Story.started_at: Slot("started_at")}),
@@ -123,7 +130,7 @@ class _Statements:
             _select(Story).where(Story.batch == Slot("batch_id")).order_by(Story.id),
             STORY_COLUMNS)
 
-        self.insert_command = c(Command.insert({
+        self.insert_command = insert(Command.insert({
             Command.story: Slot("story_id"), Command.command: Slot("command"),
             Command.task_id: Slot("task_id"), Command.started_at: Slot("started_at"),
             Command.status: Slot("status")}),
@@ -135,7 +142,7 @@ class _Statements:
             Command.select(Command.status).where(Command.story == Slot("story_id"))
             .order_by(Command.id.desc()).limit(Slot("limit")), expect=("story_id", "limit"))
 
-        self.insert_event = c(Event.insert({
+        self.insert_event = insert(Event.insert({
             Event.batch: Slot("batch_id"), Event.story: Slot("story_id"),
             Event.command: Slot("command_id"), Event.timestamp: Slot("timestamp"),
             Event.epic_id: Slot("epic_id"), Event.story_key: Slot("story_key"),
@@ -151,7 +158,7 @@ class _Statements:
             _select(Event).where(Event.batch == Slot("batch_id"))
             .order_by(Event.timestamp, Event.id), EVENT_COLUMNS)
 
-        self.insert_task = c(BackgroundTask.insert({
+        self.insert_task = insert(BackgroundTask.insert({
             BackgroundTask.batch: Slot("batch_id"), BackgroundTask.story_key: Slot("story_key"),
             BackgroundTask.task_type: Slot("task_type"),
             BackgroundTask.spawned_at: Slot("spawned_at"),

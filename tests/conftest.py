@@ -1,0 +1,191 @@
+"""Fixtures: a fresh database per test on the backend $SPRINT_RUNNER_TEST_DB selects.
+
+Unset (or ``sqlite``): a new SQLite file in the test's tmp_path. A server URL
+(``postgresql://user@host:port/admin_db``, ``mysql://root@host:port/mysql``): one
+throwaway database is created for the run and dropped after it; every test starts
+with it empty. With ``CI=true`` an unreachable server fails the run; otherwise
+the tests that need it are skipped with a one-line reason.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from sprint_runner import Store, db
+
+TEST_DB = os.environ.get("SPRINT_RUNNER_TEST_DB", "").strip()
+_SCHEME = urlsplit(TEST_DB).scheme.lower() if "://" in TEST_DB else "sqlite"
+BACKEND = {"postgres": "postgresql", "postgresql": "postgresql", "mysql": "mysql",
+           "mariadb": "mysql"}.get(_SCHEME, "sqlite")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: int = 1_700_000_000) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: int) -> None:
+        self.now += seconds
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"sprint-runner test backend: {BACKEND} ({_mask(TEST_DB) or 'temporary files'})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if BACKEND == "sqlite":
+        return
+    skip = pytest.mark.skip(reason=f"SQLite-only behaviour; this run is on {BACKEND}")
+    for item in items:
+        if "sqlite_only" in item.keywords:
+            item.add_marker(skip)
+
+
+def _mask(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(":" + parts.password + "@", ":***@")
+    return url
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+
+
+def _server_connect(url: str) -> Any:
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    if BACKEND == "postgresql":
+        import psycopg2
+
+        conn = psycopg2.connect(dbname=name, user=parts.username, password=parts.password,
+                                host=parts.hostname, port=parts.port or 5432, connect_timeout=5)
+        conn.autocommit = True
+        return conn
+    import pymysql
+
+    return pymysql.connect(database=name, user=parts.username or "root",
+                           password=parts.password or "", host=parts.hostname,
+                           port=parts.port or 3306, autocommit=True, connect_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """The URL of this run's throwaway server database (created here, dropped after)."""
+    if BACKEND == "sqlite":
+        pytest.skip("needs a server database; set SPRINT_RUNNER_TEST_DB to a URL")
+    try:
+        admin = _server_connect(TEST_DB)
+    except Exception as exc:  # noqa: BLE001 - any driver error means "unreachable"
+        message = f"{BACKEND} at {_mask(TEST_DB)} is unreachable: {exc}".splitlines()[0]
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    name = f"sprint_runner_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with admin.cursor() as cur:
+        if BACKEND == "postgresql":
+            cur.execute(f'CREATE DATABASE "{name}"')
+        else:
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    try:
+        yield _with_database(TEST_DB, name)
+    finally:
+        with admin.cursor() as cur:
+            if BACKEND == "postgresql":
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            else:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+def empty_server_database(url: str) -> None:
+    """Drop every table in the server database at ``url``."""
+    conn = _server_connect(url)
+    try:
+        with conn.cursor() as cur:
+            if BACKEND == "postgresql":
+                cur.execute("DROP SCHEMA public CASCADE")
+                cur.execute("CREATE SCHEMA public")
+            else:
+                cur.execute("SHOW TABLES")
+                tables = [r[0] for r in cur.fetchall()]
+                cur.execute("SET FOREIGN_KEY_CHECKS = 0")
+                for table in tables:
+                    cur.execute(f"DROP TABLE `{table}`")
+                cur.execute("SET FOREIGN_KEY_CHECKS = 1")
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def db_target(tmp_path: Any, request: pytest.FixtureRequest) -> str:
+    """A path or URL naming an empty database for this test alone."""
+    if BACKEND == "sqlite":
+        return str(tmp_path / "sprint-runner.db")
+    url: str = request.getfixturevalue("server_url")
+    empty_server_database(url)
+    return url
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_store(db_target: str, clock: FakeClock) -> Iterator[Any]:
+    """A factory of stores on this test's database (closed after the test)."""
+    stores: list[Store] = []
+
+    def make(target: Any = None, **kwargs: Any) -> Store:
+        kwargs.setdefault("clock", clock)
+        store = Store(db_target if target is None else target, **kwargs)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: Any) -> Store:
+    """A store on a fresh database, with the fake clock."""
+    return make_store()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def module_db(db_target: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``sprint_runner.db`` initialised on this test's database, restored afterwards."""
+    monkeypatch.setattr(db, "DB_PATH", db_target)
+    monkeypatch.setattr(db, "_default", None)
+    db.init_db(clock=clock)
+    yield db
+    if db._default is not None:
+        db._default.close()
+
+
+@pytest.fixture
+def batch(store: Store) -> int:
+    return store.create_batch(5)
+
+
+@pytest.fixture
+def story(store: Store, batch: int) -> int:
+    return store.create_story(batch, "2a-1", "2a")
+
+
+@pytest.fixture
+def command(store: Store, story: int) -> int:
+    return store.create_command(story, "dev-story", "setup")
