@@ -118,7 +118,7 @@ V1_INDEXES = (
 )
 V3_INDEXES = (
     "idx_events_story_id", "idx_events_command_id", "idx_events_story_key",
-    "idx_events_command", "idx_events_status",
+    "idx_events_command", "idx_events_status", "idx_batches_status_ended",
 )
 ADDED_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
     2: {"batches": ("owner", "heartbeat_at")},
@@ -194,8 +194,9 @@ def _batch_owner_heartbeat(database: peewee.Database) -> None:
 
 
 def _event_history_indexes(database: peewee.Database) -> None:
-    """Version 3: indexes for paging and filtering the event history, and for
-    the foreign-key checks that deleting stories and commands makes."""
+    """Version 3: indexes for paging and filtering the event history, for the
+    foreign-key checks that deleting stories and commands makes, and for finding
+    finished batches to prune."""
     create_missing_indexes(database, V3_INDEXES)
 
 

@@ -160,6 +160,7 @@ INDEXES: tuple[tuple[str, type[BaseModel], tuple[str, ...]], ...] = (
     ("idx_events_story_key", Event, ("story_key",)),
     ("idx_events_command", Event, ("command",)),
     ("idx_events_status", Event, ("status",)),
+    ("idx_batches_status_ended", Batch, ("status", "ended_at", "started_at")),
 )
 
 

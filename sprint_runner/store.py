@@ -38,6 +38,8 @@ from .models import (
 )
 from .statements import Slot, Statement, columns_of, compile_query, fields_of
 from .validation import (
+    INT64_MAX,
+    INT64_MIN,
     check_choice,
     check_int,
     check_optional_int,
@@ -187,8 +189,9 @@ class _Statements:
             .where((BackgroundTask.batch == Slot("batch_id"))
                    & (BackgroundTask.status == Slot("running"))))
         # History, retention, operations.
-        self.recent_batches = c(_select(Batch).order_by(Batch.id.desc()).limit(Slot("limit")),
-                                BATCH_COLUMNS)
+        self.recent_batches = c(
+            _select(Batch).where(Batch.id < Slot("before")).order_by(Batch.id.desc())
+            .limit(Slot("limit")), BATCH_COLUMNS, expect=("before", "limit"))
         self.tasks_by_batch = c(
             _select(BackgroundTask).where(BackgroundTask.batch == Slot("batch_id"))
             .order_by(BackgroundTask.id), TASK_COLUMNS)
@@ -208,39 +211,48 @@ class _Statements:
         self.count_prunable_events = c(
             Event.select(peewee.fn.COUNT(Event.id)).join(Batch, on=(Batch.id == Event.batch))
             .where(prunable), expect=("running", "cutoff"))
+        # "< running OR > running" is "<> running" in a form idx_batches_status serves.
+        not_running = (Batch.status < Slot("running")) | (Batch.status > Slot("running"))
         self.prunable_batches = c(
             Batch.select(Batch.id).where(
-                (Batch.status != Slot("running"))
-                & (peewee.fn.COALESCE(Batch.ended_at, Batch.started_at) < Slot("cutoff")))
-            .order_by(Batch.id), expect=("running", "cutoff"))
+                not_running
+                & (peewee.fn.COALESCE(Batch.ended_at, Batch.started_at) < Slot("cutoff"))),
+            expect=("running", "running", "cutoff"))
         self.batch_event_ids = c(
             Event.select(Event.id).where(Event.batch == Slot("batch_id")).limit(Slot("limit")),
             expect=("batch_id", "limit"))
         batch_commands = Command.select(Command.id).where(Command.story.in_(batch_stories))
+        # Three disjoint predicates, each served by its own index, instead of one OR
+        # that SQLite would answer by scanning the whole events table.
+        other_batch = Event.batch != Slot("batch_id")
         tree = (
-            (Event, (Event.batch == Slot("batch_id")) | Event.story.in_(batch_stories)
-             | Event.command.in_(batch_commands)),
+            (Event, Event.batch == Slot("batch_id")),
+            (Event, other_batch & Event.story.in_(batch_stories)),
+            (Event, other_batch & (Event.story.is_null() | Event.story.not_in(batch_stories))
+             & Event.command.in_(batch_commands)),
             (Command, Command.story.in_(batch_stories)),
             (BackgroundTask, BackgroundTask.batch == Slot("batch_id")),
             (Story, Story.batch == Slot("batch_id")),
             (Batch, Batch.id == Slot("batch_id")),
         )
         self.delete_batch_tree = [(m._meta.table_name, c(m.delete().where(w))) for m, w in tree]
-        self.count_batch_tree = {
-            m._meta.table_name: c(m.select(peewee.fn.COUNT(m.id)).where(w)) for m, w in tree}
+        self.count_batch_tree = [
+            (m._meta.table_name, c(m.select(peewee.fn.COUNT(m.id)).where(w))) for m, w in tree]
         self._pages: dict[tuple[Any, ...], Statement] = {}
         self._updates: dict[tuple[type[BaseModel], tuple[str, ...]], Statement] = {}
 
-    def event_page(self, filters: tuple[str, ...], newest_first: bool,
-                   has_after: bool) -> Statement:
-        """Return the keyset page statement for this combination of filters."""
-        key = (filters, newest_first, has_after)
+    def event_page(self, filters: tuple[str, ...], newest_first: bool) -> Statement:
+        """Return the keyset page statement for this combination of filters.
+
+        The id bound is always present (the first page binds the far end), so
+        every page is a range search on the primary key or a filter's index.
+        """
+        key = (filters, newest_first)
         statement = self._pages.get(key)
         if statement is None:
             conditions = [_EVENT_FILTERS[name]() for name in filters]
-            if has_after:
-                conditions.append(Event.id < Slot("after") if newest_first
-                                  else Event.id > Slot("after"))
+            conditions.append(Event.id < Slot("after") if newest_first
+                              else Event.id > Slot("after"))
             query = _select(Event)
             for condition in conditions:
                 query = query.where(condition)
@@ -649,7 +661,9 @@ class Store:
 
     def _event_chunk(self, filters: dict[str, Any], newest_first: bool, after: int | None,
                      limit: int) -> Any:
-        statement = self._q.event_page(tuple(filters), newest_first, after is not None)
+        if after is None:
+            after = INT64_MAX if newest_first else INT64_MIN
+        statement = self._q.event_page(tuple(filters), newest_first)
         return self._x.fetchall(statement.sql,
                                 statement.bind({**filters, "after": after, "limit": limit}))
 
@@ -725,8 +739,8 @@ class Store:
         check_int("older_than", older_than, minimum=0)
         q = self._q
         counts = {m._meta.table_name: 0 for m in MODELS}
-        batch_ids = [r[0] for r in self._x.fetchall(q.prunable_batches.sql,
-                                                     ("running", older_than))]
+        batch_ids = sorted(r[0] for r in self._x.fetchall(q.prunable_batches.sql,
+                                                           ("running", "running", older_than)))
         for batch_id in batch_ids:
             if dry_run:
                 with self._x.snapshot():
@@ -743,8 +757,10 @@ class Store:
     def _batch_tree_counts(self, batch_id: int) -> dict[str, int]:
         q = self._q
         ids = {"batch_id": batch_id}
-        return {table: int(self._x.fetchall(statement.sql, statement.bind(ids))[0][0])
-                for table, statement in q.count_batch_tree.items()}
+        counts = {m._meta.table_name: 0 for m in MODELS}
+        for table, statement in q.count_batch_tree:
+            counts[table] += int(self._x.fetchall(statement.sql, statement.bind(ids))[0][0])
+        return counts
 
     def _delete_batch(self, batch_id: int) -> dict[str, int]:
         q = self._q
@@ -824,7 +840,7 @@ class Store:
         """Return the most recent batches, newest first."""
         check_int("limit", limit, minimum=1)
         return [dict(zip(BATCH_COLUMNS, r))
-                for r in self._x.fetchall(self._q.recent_batches.sql, (limit,))]
+                for r in self._x.fetchall(self._q.recent_batches.sql, (INT64_MAX, limit))]
 
     def get_background_tasks_by_batch(self, batch_id: int) -> list[Row]:
         """Return all of the batch's background tasks, ordered by id."""
