@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import peewee
@@ -148,9 +148,10 @@ def open_database(target: str | os.PathLike[str] | peewee.Database, *,
             raise ValueError("the peewee database given is not initialised (deferred)")
         backend_of(target)
         if isinstance(target, peewee.SqliteDatabase):
-            pragmas = dict(target._pragmas or ())
+            # peewee keeps a database's pragmas in _pragmas and applies them per connection.
+            pragmas = dict(target._pragmas or ())  # type: ignore[attr-defined]
             pragmas.setdefault("foreign_keys", 1)
-            target._pragmas = list(pragmas.items())
+            target._pragmas = list(pragmas.items())  # type: ignore[attr-defined]
         return target
     if isinstance(target, os.PathLike):
         target = os.fspath(target)
@@ -177,13 +178,13 @@ def open_database(target: str | os.PathLike[str] | peewee.Database, *,
             pool = {"max_connections": pool_size, "stale_timeout": 300,
                     "timeout": max(busy_timeout, 1)}
             if backend == "postgresql":
-                return PooledPostgresqlDatabase(name, **pool, **params)
+                return cast(peewee.Database, PooledPostgresqlDatabase(name, **pool, **params))
             # LONGTEXT: MySQL's TEXT stops at 64 KiB where SQLite and PostgreSQL do not.
             # FOUND_ROWS (client flag 2): UPDATE reports rows matched, as SQLite and
             # PostgreSQL do, not only rows whose values changed.
             params.setdefault("client_flag", 2)
-            return PooledMySQLDatabase(name, field_types={"TEXT": "LONGTEXT"},
-                                       charset="utf8mb4", **pool, **params)
+            return cast(peewee.Database, PooledMySQLDatabase(
+                name, field_types={"TEXT": "LONGTEXT"}, charset="utf8mb4", **pool, **params))
     if target == ":memory:" or target.startswith("file::memory:"):
         raise ValueError(
             "in-memory SQLite is not supported: every thread would see its own "

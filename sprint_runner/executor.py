@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import sqlite3
 import sys
 import threading
 import time
@@ -15,7 +14,7 @@ import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import peewee
 from playhouse.pool import PooledDatabase
@@ -33,6 +32,7 @@ _BACKOFF_CAP = 1.0
 _SQLITE_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (and their extended codes' low byte)
 _RETRYABLE_SERVER_CODES = {"40001", "40P01", 1213, 1205}  # serialization, deadlock, lock wait
 _MIGRATION_LOCK = "sprint_runner:migrate"
+_PEEWEE_ERRORS: dict[str, type[Exception]] = getattr(peewee, "EXCEPTIONS")  # name -> class
 _WRITE_LOCK = "sprint_runner:write"
 
 _executors: weakref.WeakSet[Executor] = weakref.WeakSet()
@@ -45,7 +45,7 @@ def _after_fork_in_child() -> None:
     # (closing could release the parent's locks) and let the child connect anew.
     for executor in list(_executors):
         db = executor.database
-        db._state.reset()
+        executor._state.reset()
         if isinstance(db, PooledDatabase):
             db._connections = []
             db._in_use = {}
@@ -87,16 +87,16 @@ def translate(exc: BaseException) -> BaseException:
     for cls in type(exc).__mro__:
         if cls.__name__ in ("IntegrityError", "IntegrityConstraintViolationError"):
             return IntegrityError(*exc.args)
-        mapped = peewee.EXCEPTIONS.get(cls.__name__)
+        mapped = _PEEWEE_ERRORS.get(cls.__name__)
         if mapped is not None:
-            return mapped(*exc.args)  # type: ignore[no-any-return]
+            return mapped(*exc.args)
     return exc
 
 
 class Executor:
     """Runs SQL for one store on its database, the way its backend needs."""
 
-    def __init__(self, database: peewee.Database, *,
+    def __init__(self, database: peewee.Database, *, busy_timeout: float = 30.0,
                  lock_retries: int = DEFAULT_LOCK_RETRIES) -> None:
         if isinstance(lock_retries, bool) or not isinstance(lock_retries, int) or lock_retries < 0:
             raise ValueError(f"lock_retries must be an int >= 0, got {lock_retries!r}")
@@ -104,8 +104,10 @@ class Executor:
         self.backend = backend_of(database)
         self.location = describe(database)
         self.lock_retries = lock_retries
+        self.busy_timeout = busy_timeout
         self.returning = bool(database.returning_clause)
-        self._state = database._state
+        # peewee's per-thread connection state; reading it directly keeps hot paths short.
+        self._state: Any = database._state  # type: ignore[attr-defined]
         self._sqlite = self.backend == "sqlite"
         _executors.add(self)
         _install_fork_hook()
@@ -152,7 +154,7 @@ class Executor:
         if self._sqlite:
             conn = self._state.conn or self._connect()
             try:
-                return conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+                return cast(Sequence[Sequence[Any]], conn.execute(sql, params).fetchall())
             except Exception as exc:
                 if is_busy(exc) and not self.database.in_transaction():
                     return self._retry_locked(lambda: self._sqlite_fetchall(sql, params))
@@ -167,28 +169,28 @@ class Executor:
         if self._sqlite:
             conn = self._state.conn or self._connect()
             try:
-                return conn.execute(sql, params).rowcount  # type: ignore[no-any-return]
+                return cast(int, conn.execute(sql, params).rowcount)
             except Exception as exc:
                 if is_busy(exc) and not self.database.in_transaction():
-                    return self._retry_locked(
-                        lambda: self._state.conn.execute(sql, params).rowcount)
+                    return cast(int, self._retry_locked(
+                        lambda: self._state.conn.execute(sql, params).rowcount))
                 raise translate(exc) from exc
-        return self._server(lambda cur: cur.rowcount, sql, params)
+        return cast(int, self._server(lambda cur: cur.rowcount, sql, params))
 
     def insert(self, sql: str, params: Sequence[Any]) -> int:
         """Run an INSERT of one row and return its id."""
         if self._sqlite:
             conn = self._state.conn or self._connect()
             try:
-                return conn.execute(sql, params).lastrowid  # type: ignore[no-any-return]
+                return cast(int, conn.execute(sql, params).lastrowid)
             except Exception as exc:
                 if is_busy(exc) and not self.database.in_transaction():
-                    return self._retry_locked(
-                        lambda: self._state.conn.execute(sql, params).lastrowid)
+                    return cast(int, self._retry_locked(
+                        lambda: self._state.conn.execute(sql, params).lastrowid))
                 raise translate(exc) from exc
         if self.returning:
-            return self._server(lambda cur: cur.fetchone()[0], sql, params)  # type: ignore[no-any-return]
-        return self._server(lambda cur: cur.lastrowid, sql, params)  # type: ignore[no-any-return]
+            return cast(int, self._server(lambda cur: cur.fetchone()[0], sql, params))
+        return cast(int, self._server(lambda cur: cur.lastrowid, sql, params))
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement for many parameter rows (inside the caller's transaction)."""
@@ -316,7 +318,7 @@ class Executor:
     def _mysql_lock(self, conn: Any, name: str) -> None:
         cursor = conn.cursor()
         try:
-            wait = max(1, int(self.database._wait_timeout or 30)) * (self.lock_retries + 1)
+            wait = max(1, int(self.busy_timeout)) * (self.lock_retries + 1)
             cursor.execute("SELECT GET_LOCK(CONCAT(%s, DATABASE()), %s)", (name + ":", wait))
             (got,) = cursor.fetchone()
         except Exception as exc:

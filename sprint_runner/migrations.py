@@ -63,7 +63,9 @@ def create_table(database: peewee.Database, model: type[BaseModel],
                  table_name: str | None = None) -> None:
     """Create ``model``'s table (under ``table_name`` if given) as the model declares it."""
     target = _renamed(model, table_name) if table_name else model
-    ctx = peewee.SchemaManager(target, database)._create_table(safe=table_name is None)
+    # _create_table() returns the statement unexecuted, so MySQL options can follow it.
+    manager = peewee.SchemaManager(target, database)
+    ctx = manager._create_table(safe=table_name is None)  # type: ignore[attr-defined]
     if backend_of(database) == "mysql":
         ctx.literal(_mysql_table_options(database))
     database.execute(ctx)
@@ -96,7 +98,8 @@ def create_missing_indexes(database: peewee.Database, names: Sequence[str]) -> l
         if name in existing_indexes(database, model._meta.table_name):
             continue
         index = next(i for i in model._meta.indexes if getattr(i, "_name", None) == name)
-        database.execute(peewee.SchemaManager(model, database)._create_index(index, safe=False))
+        manager = peewee.SchemaManager(model, database)
+        database.execute(manager._create_index(index, safe=False))  # type: ignore[attr-defined]
         created.append(name)
     return created
 
@@ -318,7 +321,8 @@ def read_state(database: peewee.Database, location: str) -> SchemaState:
     """Read the schema state through the store's own connection (any backend)."""
     tables = set(database.get_tables())
     if _MIGRATIONS_TABLE in tables:
-        row = database.execute_sql(f"SELECT MAX(version) FROM {_quoted(database, _MIGRATIONS_TABLE)}").fetchone()
+        table = _quoted(database, _MIGRATIONS_TABLE)
+        row = database.execute_sql(f"SELECT MAX(version) FROM {table}").fetchone()
         version = int(row[0] or 0)
         _refuse_future(version, location)
         return SchemaState("versioned", version, _has_rows(

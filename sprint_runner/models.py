@@ -9,6 +9,8 @@ or servers coexist in one process without rebinding anything global.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from peewee import (
     SQL,
     BigAutoField,
@@ -32,23 +34,23 @@ COMMAND_STATUSES = ("running", "completed", "failed")
 BACKGROUND_TASK_STATUSES = ("running", "completed", "failed", "error")
 
 
-def _key(**kwargs: object) -> CharField:
-    return CharField(max_length=KEY_LENGTH, **kwargs)  # type: ignore[arg-type]
+def _key(**kwargs: Any) -> Any:
+    return CharField(max_length=KEY_LENGTH, **kwargs)
 
 
-def _status(default: str, choices: tuple[str, ...] | None = None) -> CharField:
+def _status(default: str, choices: tuple[str, ...] | None = None) -> Any:
     return _key(
         default=default,
-        constraints=[SQL("DEFAULT '%s'" % default)],
+        constraints=[SQL(f"DEFAULT '{default}'")],
         choices=[(c, c) for c in choices] if choices else None,
     )
 
 
-def _fk(model: type[Model], column: str, *, null: bool = False) -> ForeignKeyField:
+def _fk(model: type[Model], column: str, *, null: bool = False) -> Any:
     # index=False: indexes are declared below with the names the schema promises.
-    return ForeignKeyField(
-        model, field="id", column_name=column, null=null, index=False, backref="+"
-    )
+    options: dict[str, Any] = {"field": "id", "column_name": column, "null": null,
+                               "index": False, "backref": "+"}
+    return ForeignKeyField(model, **options)
 
 
 class BaseModel(Model):

@@ -9,7 +9,7 @@ its parameters in order and the names of its result columns.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from peewee import ColumnBase, Context, Database, Field, Node
 
@@ -23,7 +23,7 @@ class _Marker:
         self.name = name
 
 
-class Slot(ColumnBase):  # type: ignore[misc]
+class Slot(ColumnBase):
     """A named parameter in a query compiled once and bound at each call."""
 
     def __init__(self, name: str) -> None:
@@ -32,7 +32,7 @@ class Slot(ColumnBase):  # type: ignore[misc]
 
     def __sql__(self, ctx: Context) -> Context:
         # converter=False: the value is bound later, already checked by validation.
-        return ctx.value(_Marker(self.name), converter=False)
+        return cast(Context, ctx.value(_Marker(self.name), converter=False))
 
 
 @dataclass(frozen=True)

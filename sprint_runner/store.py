@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 import os
 import socket
@@ -24,8 +25,6 @@ from .clock import Clock, system_clock
 from .connect import DEFAULT_BUSY_TIMEOUT, DEFAULT_POOL_SIZE, open_database
 from .executor import DEFAULT_LOCK_RETRIES, Executor
 from .models import (
-    BACKGROUND_TASK_STATUSES,
-    BATCH_STATUSES,
     COMMAND_STATUSES,
     KEY_LENGTH,
     MODELS,
@@ -88,7 +87,7 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _select(model: type[BaseModel]) -> peewee.ModelSelect:
+def _select(model: type[BaseModel]) -> Any:
     return model.select(*fields_of(model))
 
 
@@ -287,8 +286,9 @@ class _Statements:
     def select_all(self, model: type[BaseModel]) -> Statement:
         """Return ``SELECT <all columns> WHERE id > ? ORDER BY id LIMIT ?`` for ``model``."""
         return self._cached(("select_all", model), lambda: compile_query(
-            self.database, _select(model).where(model.id > Slot("after")).order_by(model.id)
-            .limit(Slot("limit")), columns_of(model), expect=("after", "limit")))
+            self.database, _select(model).where(model._meta.primary_key > Slot("after"))
+            .order_by(model._meta.primary_key).limit(Slot("limit")), columns_of(model),
+            expect=("after", "limit")))
 
     def insert_all(self, model: type[BaseModel]) -> Statement:
         """Return an INSERT of one row with every column, id included, in table order."""
@@ -309,7 +309,7 @@ class _Statements:
         if statement is None:
             fields = {f.column_name: f for f in model._meta.sorted_fields}
             query = model.update({fields[col]: Slot(col) for col in columns}).where(
-                model.id == Slot("id"))
+                model._meta.primary_key == Slot("id"))
             statement = compile_query(self.database, query, expect=columns + ("id",))
             self._updates[key] = statement
         return statement
@@ -347,7 +347,7 @@ class Store:
             migrations.inspect_sqlite_file(str(db.database))
         self.database = db
         self.clock = clock if clock is not None else system_clock
-        self._x = Executor(db, lock_retries=lock_retries)
+        self._x = Executor(db, busy_timeout=busy_timeout, lock_retries=lock_retries)
         self._q = _Statements(db)
         if migrate:
             self.migrate()
@@ -584,9 +584,9 @@ class Store:
                 failed = {**ids, "status": "failed", "ended_at": now, "completed_at": now}
                 self._x.execute(q.fail_commands.sql, q.fail_commands.bind(failed))
                 self._x.execute(q.fail_tasks.sql, q.fail_tasks.bind(failed))
-                seen = batch["heartbeat_at"] if batch["heartbeat_at"] is not None else batch["started_at"]
                 message = (f"batch {batch['id']} recovered as stale: owner "
-                           f"{batch['owner'] or 'unknown'}, last heartbeat {now - seen}s ago "
+                           f"{batch['owner'] or 'unknown'}, last heartbeat "
+                           f"{now - _last_seen(batch)}s ago "
                            f"(stale after {stale_after}s)")
                 self._x.insert(q.insert_event.sql, (
                     batch["id"], None, None, now, "system", "recovery", "recover-stale-batches",
@@ -747,7 +747,8 @@ class Store:
                     for table, n in self._batch_tree_counts(batch_id).items():
                         counts[table] += n
                 continue
-            for table, n in self._x.retrying(lambda: self._delete_batch(batch_id)).items():
+            deleted = self._x.retrying(functools.partial(self._delete_batch, batch_id))
+            for table, n in deleted.items():
                 counts[table] += n
         if batch_ids and not dry_run:
             logger.info("pruned %d batches older than %d from %s", counts["batches"],
@@ -798,7 +799,7 @@ class Store:
         part = f"{target}.part-{os.getpid()}"
         try:
             if self.backend == "sqlite":
-                source = sqlite3.connect(str(self.database.database), timeout=self.database.timeout)
+                source = sqlite3.connect(str(self.database.database), timeout=self._x.busy_timeout)
                 try:
                     copy = sqlite3.connect(part)
                     try:
@@ -811,7 +812,8 @@ class Store:
                 self._copy_to_sqlite(part)
             os.link(part, target)  # fails rather than overwrite a file that appeared meanwhile
         except FileExistsError:
-            raise ValueError(f"backup destination {target} already exists; choose a new path") from None
+            raise ValueError(
+                f"backup destination {target} already exists; choose a new path") from None
         finally:
             for leftover in (part, part + "-wal", part + "-shm", part + "-journal"):
                 if os.path.exists(leftover):
@@ -875,10 +877,10 @@ class Store:
             by_status: dict[str, int] = {}
             for story in self.get_stories_by_batch(batch_id):
                 by_status[story["status"]] = by_status.get(story["status"], 0) + 1
-            seen = batch["heartbeat_at"] if batch["heartbeat_at"] is not None else batch["started_at"]
+            running = batch["status"] == "running"
             return {
                 "batch": batch,
-                "heartbeat_age": self._now() - seen if batch["status"] == "running" else None,
+                "heartbeat_age": self._now() - _last_seen(batch) if running else None,
                 "stories_by_status": by_status,
                 "running_commands": self.get_commands_by_batch(batch_id, "running"),
                 "pending_background_tasks": self.get_pending_background_tasks(batch_id),
@@ -951,6 +953,12 @@ def _event_row(batch_id: object, story_id: object, command_id: object, epic_id: 
     check_optional_text("message", message)
     return (batch_id, story_id, command_id, timestamp, epic_id, story_key, command, task_id,
             status, message)
+
+
+def _last_seen(batch: Row) -> int:
+    """Return when the batch was last known alive: its heartbeat, else its start."""
+    seen = batch["heartbeat_at"] if batch["heartbeat_at"] is not None else batch["started_at"]
+    return int(seen)
 
 
 def _event_filters(batch_id: object, story_key: object, command: object, status: object,

@@ -19,11 +19,11 @@ def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
     """Return ``value`` if it is an int (not bool) in range, else raise naming ``name``."""
     if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}: {value!r}")
-    if not INT64_MIN <= value <= INT64_MAX:  # type: ignore[operator]
+    if not INT64_MIN <= value <= INT64_MAX:
         raise ValueError(f"{name} is out of the 64-bit integer range: {value!r}")
-    if minimum is not None and value < minimum:  # type: ignore[operator]
+    if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_optional_int(name: str, value: object) -> int | None:
@@ -56,7 +56,7 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     check_text(name, value)
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_field(field: Field, value: object) -> object:
