@@ -2,9 +2,11 @@
 
 A database records every applied migration in ``schema_migrations``. A fresh
 database is created straight from the models at the newest version and stamped
-with every version. An older one gets the pending migrations, each in its own
-transaction under the store's migration lock, so processes starting together
-apply each migration exactly once. A SQLite file made by the old module (the
+with every version. An older one gets the pending migrations in one transaction
+that holds the store's migration lock, each migration in its own savepoint, so
+processes starting together apply each migration exactly once and a failing one
+leaves the database as it was. (MySQL commits every DDL statement; there the lock
+still makes each migration run once.) A SQLite file made by the old module (the
 five tables, no ``schema_migrations``) is version 0: migration 1 adopts it.
 
 Adding a schema change: change the model, then append one ``Migration`` whose
@@ -19,15 +21,18 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
+from urllib.request import pathname2url
 
 import peewee
 from playhouse.migrate import SchemaMigrator
 
 from .clock import Clock
 from .connect import backend_of
-from .errors import SchemaError
-from .executor import _MIGRATION_LOCK, Executor
+from .errors import LockTimeout, SchemaError
+from .executor import _MIGRATION_LOCK, Executor, is_busy
 from .models import INDEXES, MODELS, BaseModel, SchemaMigration
 
 logger = logging.getLogger("sprint_runner")
@@ -105,7 +110,11 @@ def create_missing_indexes(database: peewee.Database, names: Sequence[str]) -> l
 
 
 def create_schema(database: peewee.Database) -> None:
-    """Create every table and index of the newest schema (a fresh database)."""
+    """Create every table and index of the newest schema (a fresh database).
+
+    Idempotent (only what is missing), so an interrupted creation can be finished.
+    """
+    create_table(database, SchemaMigration)
     for model in MODELS:
         create_table(database, model)
     create_missing_indexes(database, [name for name, _, _ in INDEXES])
@@ -156,14 +165,18 @@ def _rebuild_sqlite_table(database: peewee.Database, model: type[BaseModel]) -> 
     table = model._meta.table_name
     temporary = table + "__rebuild"
     index_sql = [row[0] for row in database.execute_sql(
-        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+        "SELECT sql FROM sqlite_master WHERE type IN ('index', 'trigger') AND tbl_name = ? "
         "AND sql IS NOT NULL", (table,)).fetchall()]
     present = {row[1] for row in database.execute_sql(f'PRAGMA table_info("{table}")')}
     columns = ", ".join(f'"{c}"' for c in legacy_columns(table) if c in present)
     create_table(database, model, temporary)
     database.execute_sql(f'INSERT INTO "{temporary}" ({columns}) SELECT {columns} FROM "{table}"')
-    database.execute_sql(f'DROP TABLE "{table}"')
-    database.execute_sql(f'ALTER TABLE "{temporary}" RENAME TO "{table}"')
+    database.execute_sql("PRAGMA legacy_alter_table = ON")
+    try:
+        database.execute_sql(f'DROP TABLE "{table}"')
+        database.execute_sql(f'ALTER TABLE "{temporary}" RENAME TO "{table}"')
+    finally:
+        database.execute_sql("PRAGMA legacy_alter_table = OFF")
     for sql in index_sql:
         database.execute_sql(sql)
     violations = database.execute_sql(f'PRAGMA foreign_key_check("{table}")').fetchall()
@@ -278,70 +291,85 @@ def _has_rows(tables: set[str], query: Callable[[str], list[tuple[object, ...]]]
                for t in SCHEMA_TABLES if t in tables)
 
 
-def inspect_sqlite_file(path: str) -> SchemaState:
+def _open_for_inspection(path: str, busy_timeout: float) -> sqlite3.Connection:
+    # Read-only, so closing cannot checkpoint a WAL left behind into the main file.
+    conn = sqlite3.connect(f"file:{pathname2url(os.path.abspath(path))}?mode=ro", uri=True,
+                           isolation_level=None, timeout=busy_timeout)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as exc:
+        if "readonly" not in str(exc) and "read-only" not in str(exc):
+            return conn  # the caller's first query reports the problem
+        # A hot journal left by a crashed writer needs a read-write connection to roll
+        # back: that is recovery SQLite does on any open, not a change of ours.
+        conn.close()
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
+    return conn
+
+
+def _classify(location: str, tables: set[str], query: Callable[[str], list[tuple[Any, ...]]],
+              columns: Callable[[str], set[str]],
+              sqlite_fks: Callable[[str], set[tuple[str, str]]] | None,
+              quote: str = '""') -> SchemaState:
+    """Tell a fresh, versioned or legacy database apart; refuse what cannot be used."""
+    stamped = _MIGRATIONS_TABLE in tables
+    if stamped:
+        row = query(f"SELECT MAX(version) FROM {_MIGRATIONS_TABLE.join(quote)}")[0]
+        version = int(row[0] or 0)
+        _refuse_future(version, location)
+        if version:
+            return SchemaState("versioned", version, _has_rows(tables, query, quote))
+    if not tables & set(SCHEMA_TABLES):
+        return SchemaState("fresh", 0)
+    if sqlite_fks is None:
+        if stamped:
+            # MySQL commits each CREATE TABLE: an empty stamp table means a creation
+            # was interrupted before its stamp, and finishing it is safe.
+            return SchemaState("fresh", 0)
+        raise SchemaError(
+            f"{location} has sprint-runner tables but no schema_migrations table; only "
+            "unversioned SQLite files made by the old module are adopted. Nothing was written."
+        )
+    return SchemaState("legacy", 0, _check_legacy(tables, columns, query, location, sqlite_fks))
+
+
+def inspect_sqlite_file(path: str, busy_timeout: float = 30.0) -> SchemaState:
     """Read a SQLite file's schema state on a plain connection that writes nothing.
 
     Raises :class:`SchemaError` for a file this package must refuse (a newer
     version, an unadoptable or broken legacy file), leaving it byte-identical:
-    this runs before any pragma (WAL included) touches the file.
+    this runs before any pragma (WAL included) touches the file. Raises
+    :class:`LockTimeout` if another process keeps it locked past ``busy_timeout``.
     """
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return SchemaState("fresh", 0)
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = _open_for_inspection(path, busy_timeout)
     try:
-        conn.execute("PRAGMA query_only = 1")
         try:
             tables = {r[0] for r in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as exc:
+            if is_busy(exc):
+                raise LockTimeout(f"{path} is locked by another process: {exc}") from exc
             raise SchemaError(f"{path} is not a readable SQLite database: {exc}") from exc
-        if _MIGRATIONS_TABLE in tables:
-            row = conn.execute(f'SELECT MAX(version) FROM "{_MIGRATIONS_TABLE}"').fetchone()
-            version = int(row[0] or 0)
-            _refuse_future(version, path)
-            return SchemaState("versioned", version,
-                               _has_rows(tables, lambda sql: conn.execute(sql).fetchall()))
-        if not tables & set(SCHEMA_TABLES):
-            return SchemaState("fresh", 0)
-
-        def columns(table: str) -> set[str]:
-            return {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')}
-
-        def fks(table: str) -> set[tuple[str, str]]:
-            return {(r[3], r[2]) for r in conn.execute(f'PRAGMA foreign_key_list("{table}")')}
-
-        has_data = _check_legacy(tables, columns, lambda sql: conn.execute(sql).fetchall(),
-                                 path, fks)
-        return SchemaState("legacy", 0, has_data)
+        return _classify(
+            path, tables, lambda sql: conn.execute(sql).fetchall(),
+            lambda table: {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')},
+            lambda table: {(r[3], r[2])
+                           for r in conn.execute(f'PRAGMA foreign_key_list("{table}")')})
     finally:
         conn.close()
 
 
 def read_state(database: peewee.Database, location: str) -> SchemaState:
     """Read the schema state through the store's own connection (any backend)."""
-    tables = set(database.get_tables())
-    if _MIGRATIONS_TABLE in tables:
-        table = _quoted(database, _MIGRATIONS_TABLE)
-        row = database.execute_sql(f"SELECT MAX(version) FROM {table}").fetchone()
-        version = int(row[0] or 0)
-        _refuse_future(version, location)
-        return SchemaState("versioned", version, _has_rows(
-            tables, lambda sql: list(database.execute_sql(sql).fetchall()), database.quote))
-    if not tables & set(SCHEMA_TABLES):
-        return SchemaState("fresh", 0)
-    if backend_of(database) != "sqlite":
-        raise SchemaError(
-            f"{location} has sprint-runner tables but no schema_migrations table; only "
-            "unversioned SQLite files made by the old module are adopted. Nothing was written."
-        )
-
-    def columns(table: str) -> set[str]:
-        return {c.name for c in database.get_columns(table)}
-
-    has_data = _check_legacy(
-        tables, columns, lambda sql: list(database.execute_sql(sql).fetchall()), location,
-        lambda table: _sqlite_declared_foreign_keys(database, table))
-    return SchemaState("legacy", 0, has_data)
+    sqlite = backend_of(database) == "sqlite"
+    return _classify(
+        location, set(database.get_tables()),
+        lambda sql: list(database.execute_sql(sql).fetchall()),
+        lambda table: {c.name for c in database.get_columns(table)},
+        (lambda table: _sqlite_declared_foreign_keys(database, table)) if sqlite else None,
+        database.quote)
 
 
 def _quoted(database: peewee.Database, name: str) -> str:
@@ -400,50 +428,45 @@ def backup_sqlite_file(path: str, version: int) -> str:
 def migrate(executor: Executor, clock: Clock) -> list[int]:
     """Bring the database to the newest schema; return the versions applied here.
 
-    Each step takes the migration lock and re-reads the version, so concurrent
-    callers never apply a migration twice. SQLite files holding data are backed
-    up once, by the caller that finds them at the version it first saw.
+    The state is read only under the migration lock, so concurrent callers never
+    apply a migration twice; a SQLite file holding data is backed up once, first.
     """
     database = executor.database
     sqlite = executor.backend == "sqlite"
-    first = read_state(database, executor.location)
     applied: list[int] = []
-    backed_up = False
-    while True:
-        if sqlite:
-            # Must precede BEGIN: SQLite ignores this pragma inside a transaction.
-            database.execute_sql("PRAGMA foreign_keys = 0")
-        try:
-            with executor.transaction(lock=_MIGRATION_LOCK):
-                state = read_state(database, executor.location)
-                todo = pending_migrations(state)
-                if not todo:
-                    break
-                if state.kind == "fresh":
-                    create_schema(database)
-                    _stamp(database, todo, clock())
-                    logger.info("created %s at schema version %d", executor.location,
-                                LATEST_VERSION)
-                    applied.extend(m.version for m in todo)
-                    break
-                step = todo[0]
-                if (sqlite and state.has_data and not backed_up
-                        and state.version == first.version):
-                    backup_sqlite_file(str(database.database), state.version)
-                    backed_up = True
-                step.apply(database)
-                if sqlite:
-                    violations = database.execute_sql("PRAGMA foreign_key_check").fetchall()
-                    if violations:
-                        raise SchemaError(f"migration {step.version} ({step.name}) left rows "
-                                          f"breaking foreign keys: {violations[:10]}")
-                _stamp(database, [step], clock())
+    if sqlite:
+        # Must precede BEGIN: SQLite ignores this pragma inside a transaction.
+        database.execute_sql("PRAGMA foreign_keys = 0")
+    try:
+        with executor.transaction(lock=_MIGRATION_LOCK):
+            state = read_state(database, executor.location)
+            todo = pending_migrations(state)
+            if not todo:
+                return applied
+            if state.kind == "fresh":
+                create_schema(database)
+                _stamp(database, todo, clock())
+                logger.info("created %s at schema version %d", executor.location,
+                            LATEST_VERSION)
+                return [m.version for m in todo]
+            if sqlite and state.has_data:
+                backup_sqlite_file(str(database.database), state.version)
+            for step in todo:
+                # MySQL commits at every DDL statement, which ends any savepoint.
+                with nullcontext() if executor.backend == "mysql" else database.atomic():
+                    step.apply(database)
+                    if sqlite:
+                        violations = database.execute_sql("PRAGMA foreign_key_check").fetchall()
+                        if violations:
+                            raise SchemaError(f"migration {step.version} ({step.name}) left rows "
+                                              f"breaking foreign keys: {violations[:10]}")
+                    _stamp(database, [step], clock())
                 logger.info("applied migration %d (%s) to %s", step.version, step.name,
                             executor.location)
                 applied.append(step.version)
-        finally:
-            if sqlite:
-                database.execute_sql("PRAGMA foreign_keys = 1")
+    finally:
+        if sqlite:
+            database.execute_sql("PRAGMA foreign_keys = 1")
     return applied
 
 

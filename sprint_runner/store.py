@@ -210,6 +210,12 @@ class _Statements:
         self.count_prunable_events = c(
             Event.select(peewee.fn.COUNT(Event.id)).join(Batch, on=(Batch.id == Event.batch))
             .where(prunable), expect=("running", "cutoff"))
+        # The same, for batches prune_batches keeps: a dry run of both counts no row twice.
+        self.count_prunable_events_kept = c(
+            Event.select(peewee.fn.COUNT(Event.id)).join(Batch, on=(Batch.id == Event.batch))
+            .where(prunable & (peewee.fn.COALESCE(Batch.ended_at, Batch.started_at)
+                               >= Slot("batch_cutoff"))),
+            expect=("running", "cutoff", "batch_cutoff"))
         # "< running OR > running" is "<> running" in a form idx_batches_status serves.
         not_running = (Batch.status < Slot("running")) | (Batch.status > Slot("running"))
         self.prunable_batches = c(
@@ -259,6 +265,15 @@ class _Statements:
             statement = compile_query(self.database, query.limit(Slot("limit")), EVENT_COLUMNS)
             self._pages[key] = statement
         return statement
+
+    def event_count(self, filters: tuple[str, ...]) -> Statement:
+        """Return ``SELECT COUNT(*)`` of the events matching this combination of filters."""
+        def build() -> Statement:
+            query = Event.select(peewee.fn.COUNT(Event.id))
+            for name in filters:
+                query = query.where(_EVENT_FILTERS[name]())
+            return compile_query(self.database, query, expect=filters)
+        return self._cached(("event_count", filters), build)
 
     def delete_events(self, n: int) -> Statement:
         """Return ``DELETE FROM events WHERE id IN (<n parameters>)``."""
@@ -342,15 +357,15 @@ class Store:
             raise TypeError(f"clock must be a callable returning Unix seconds, not {clock!r}")
         db = open_database(database, busy_timeout=busy_timeout, synchronous=synchronous,
                            pool_size=pool_size)
-        if migrate and isinstance(db, peewee.SqliteDatabase):
+        if isinstance(db, peewee.SqliteDatabase):
             # Before the first connection applies any pragma: a refused file stays untouched.
-            migrations.inspect_sqlite_file(str(db.database))
+            migrations.inspect_sqlite_file(str(db.database), busy_timeout)
         self.database = db
         self.clock = clock if clock is not None else system_clock
         self._x = Executor(db, busy_timeout=busy_timeout, lock_retries=lock_retries)
         self._q = _Statements(db)
-        if migrate:
-            self.migrate()
+        # The migration versions this store applied when it opened (for messages).
+        self.applied_migrations: list[int] = self.migrate() if migrate else []
 
     @property
     def location(self) -> str:
@@ -633,6 +648,14 @@ class Store:
         return [dict(zip(EVENT_COLUMNS, r))
                 for r in self._event_chunk(filters, False, after_id, limit)]
 
+    def count_events(self, *, batch_id: int | None = None, story_key: str | None = None,
+                     command: str | None = None, status: str | None = None,
+                     since: int | None = None, until: int | None = None) -> int:
+        """Return how many events match the filters (as ``page_events`` takes them)."""
+        filters = _event_filters(batch_id, story_key, command, status, since, until)
+        statement = self._q.event_count(tuple(filters))
+        return int(self._x.fetchall(statement.sql, statement.bind(filters))[0][0])
+
     def iter_events(self, *, batch_id: int | None = None, story_key: str | None = None,
                     command: str | None = None, status: str | None = None,
                     since: int | None = None, until: int | None = None,
@@ -755,6 +778,27 @@ class Store:
                         older_than, self.location)
         return counts
 
+    def prune(self, *, older_than: int, events_only: bool = False,
+              dry_run: bool = False) -> dict[str, int]:
+        """Apply the retention policy; return the rows deleted per table.
+
+        Finished batches that ended before ``older_than`` go with everything in
+        them (skipped with ``events_only``), then the older events of batches that
+        are not running. A dry run counts each row once, as a real run deletes it.
+        """
+        check_int("older_than", older_than, minimum=0)
+        if events_only:
+            counts = {m._meta.table_name: 0 for m in MODELS}
+        else:
+            counts = self.prune_batches(older_than=older_than, dry_run=dry_run)
+        if dry_run and not events_only:
+            counts["events"] += int(self._x.fetchall(
+                self._q.count_prunable_events_kept.sql,
+                ("running", older_than, older_than))[0][0])
+        else:
+            counts["events"] += self.prune_events(older_than=older_than, dry_run=dry_run)
+        return counts
+
     def _batch_tree_counts(self, batch_id: int) -> dict[str, int]:
         q = self._q
         ids = {"batch_id": batch_id}
@@ -860,6 +904,12 @@ class Store:
             rows = self._x.fetchall(self._q.commands_by_batch_status.sql, (batch_id, status))
         return [dict(zip(COMMAND_COLUMNS, r)) for r in rows]
 
+    @staticmethod
+    def last_seen(batch: Mapping[str, Any]) -> int:
+        """Return when a batch (a dict from this store) was last known alive: its
+        heartbeat, else its start, in Unix seconds."""
+        return _last_seen(batch)
+
     def find_stale_batches(self, stale_after: int) -> list[Row]:
         """Return the running batches ``recover_stale_batches`` would stop now."""
         check_int("stale_after", stale_after, minimum=0)
@@ -955,7 +1005,7 @@ def _event_row(batch_id: object, story_id: object, command_id: object, epic_id: 
             status, message)
 
 
-def _last_seen(batch: Row) -> int:
+def _last_seen(batch: Mapping[str, Any]) -> int:
     """Return when the batch was last known alive: its heartbeat, else its start."""
     seen = batch["heartbeat_at"] if batch["heartbeat_at"] is not None else batch["started_at"]
     return int(seen)

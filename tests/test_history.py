@@ -301,3 +301,34 @@ def test_finished_batch_without_end_time_counts_from_start(store: Store, clock) 
 def test_prune_bad_cutoff(store: Store, call) -> None:
     with pytest.raises((TypeError, ValueError), match="older_than"):
         call(store)
+
+
+def test_prune_counts_each_row_once(store: Store, aged) -> None:
+    before = store.table_counts()
+    dry = store.prune(older_than=aged["cutoff"], dry_run=True)
+    assert store.table_counts() == before
+    # 1506 events go with the old batch; the running batch's events are kept.
+    assert dry == {"batches": 1, "stories": 1, "commands": 1, "events": 1506,
+                   "background_tasks": 1}
+    assert store.prune(older_than=aged["cutoff"]) == dry
+    assert store.prune(older_than=aged["cutoff"], dry_run=True) == {
+        "batches": 0, "stories": 0, "commands": 0, "events": 0, "background_tasks": 0}
+
+
+def test_prune_events_only(store: Store, aged) -> None:
+    counts = store.prune(older_than=aged["cutoff"], events_only=True)
+    assert counts == {"batches": 0, "stories": 0, "commands": 0, "events": 1501,
+                      "background_tasks": 0}
+    assert store.get_batch(aged["old_done"]) is not None
+
+
+def test_count_events(store: Store, batch: int, clock) -> None:
+    store.create_events(_events(batch, 30))
+    clock.advance(10)
+    store.create_events(_events(batch, 12))
+    assert store.count_events() == 42
+    assert store.count_events(story_key="2a-0") == 14
+    assert store.count_events(since=clock.now) == 12
+    assert store.count_events(batch_id=batch + 1) == 0
+    with pytest.raises(TypeError, match="batch_id"):
+        store.count_events(batch_id="1")

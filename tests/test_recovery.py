@@ -111,3 +111,13 @@ def test_recovery_with_frozen_system_clock(make_store) -> None:
         assert store.get_batch(stale)["ended_at"] == store.get_batch(stale)["started_at"] + 3660
         assert store.get_batch(stale)["started_at"] == 1772366400  # 2026-03-01 12:00 UTC
         assert store.get_batch(fresh)["status"] == "running"
+
+
+def test_last_seen(store: Store, clock) -> None:
+    batch = store.create_batch(1)
+    assert Store.last_seen(store.get_batch(batch)) == clock.now
+    clock.advance(40)
+    store.heartbeat(batch)
+    assert Store.last_seen(store.get_batch(batch)) == clock.now
+    store.update_batch(batch, heartbeat_at=None)
+    assert Store.last_seen(store.get_batch(batch)) == clock.now - 40

@@ -1,0 +1,942 @@
+"""``sprint-runner-db``: look into and look after a sprint-runner database.
+
+Every command is a thin layer over :class:`~sprint_runner.Store`: it parses the
+arguments (times included), calls the store and formats what comes back, for
+people (local time, aligned columns) or with ``--json`` for machines (epoch
+seconds). Exit status: 0 ok, 1 a problem found, 2 a usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import logging
+import os
+import re
+import shlex
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import IO, Any, NamedTuple
+from urllib.parse import unquote, urlsplit
+
+import peewee
+
+from . import __version__, db
+from .clock import system_clock
+from .connect import backend_of, describe, is_url, mask_url, open_database
+from .store import EVENT_COLUMNS, MAX_PAGE, Row, Store
+
+PROG = "sprint-runner-db"
+
+_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_AGE_RE = re.compile(r"(?:\s*\d+\s*[wdhms])+\s*")
+_AGE_PART_RE = re.compile(r"(\d+)\s*([wdhms])")
+_EPOCH_RE = re.compile(r"\d+(?:\.\d*)?")
+_TAIL_CHUNK = 1000
+_PROGRESS_EVERY = 5000
+
+_sleep: Callable[[float], None] = time.sleep
+"""How ``tail`` waits between polls (tests replace it)."""
+
+
+class CommandError(Exception):
+    """A problem reported as one line on stderr, with exit status 1."""
+
+
+# -- parsing times ------------------------------------------------------------------------
+
+class Moment(NamedTuple):
+    """A point in time as given: an absolute epoch second, or an age before now."""
+
+    seconds: int
+    relative: bool
+
+    def resolve(self, now: int) -> int:
+        """Return the epoch second this moment names, ``now`` being the current time."""
+        return max(now - self.seconds, 0) if self.relative else self.seconds
+
+
+def _age_seconds(text: str) -> int | None:
+    if not _AGE_RE.fullmatch(text):
+        return None
+    return sum(int(n) * _UNITS[unit] for n, unit in _AGE_PART_RE.findall(text))
+
+
+def parse_moment(text: str) -> Moment:
+    """Parse epoch seconds, ISO-8601 (naive means local time) or an age like ``30d``, ``2h``."""
+    text = text.strip()
+    age = _age_seconds(text)
+    if age is not None:
+        return Moment(age, relative=True)
+    if _EPOCH_RE.fullmatch(text):
+        return Moment(int(float(text)), relative=False)
+    iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text  # 3.10 lacks "Z"
+    try:
+        seconds = int(datetime.datetime.fromisoformat(iso).timestamp())
+    except (ValueError, OverflowError, OSError):
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r}: use epoch seconds, ISO-8601 (2024-05-01T12:00) "
+            "or an age (30d, 2h, 10m, 45s, 1w)") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"invalid time {text!r}: before 1970")
+    return Moment(seconds, relative=False)
+
+
+def parse_duration(text: str) -> int:
+    """Parse a length of time in seconds: ``600``, ``10m``, ``2h``, ``1d12h``."""
+    text = text.strip()
+    age = _age_seconds(text)
+    if age is not None:
+        return age
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(
+        f"invalid duration {text!r}: use seconds or a length like 45s, 10m, 2h, 30d, 1w")
+
+
+def _count(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: must be {bound}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid interval {text!r}: use seconds, e.g. 1 or 0.5") from None
+    if not 0 < value <= 3600:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"interval must be > 0 and <= 3600 seconds, got {text}")
+    return value
+
+
+# -- formatting ----------------------------------------------------------------------------
+
+def local_time(ts: int | None) -> str:
+    """Return an epoch second as local ``YYYY-MM-DD HH:MM:SS`` (``-`` for None)."""
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _clock_time(ts: int, now: int) -> str:
+    """Local ``HH:MM:SS`` when ``ts`` is today, else the full date and time."""
+    when = datetime.datetime.fromtimestamp(ts)
+    if when.date() == datetime.datetime.fromtimestamp(now).date():
+        return when.strftime("%H:%M:%S")
+    return when.strftime("%Y-%m-%d %H:%M")
+
+
+def span(seconds: int) -> str:
+    """Return a length of time for people: ``45s``, ``12m 5s``, ``2h 5m``, ``3d 4h``."""
+    seconds = max(int(seconds), 0)
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    for (unit, size), (next_unit, next_size) in zip(units, units[1:], strict=False):
+        if seconds >= size:
+            whole, rest = f"{seconds // size}{unit}", seconds % size // next_size
+            return f"{whole} {rest}{next_unit}" if rest else whole
+    return f"{seconds}s"
+
+
+def _ago(ts: int | None, now: int) -> str:
+    if ts is None:
+        return "-"
+    return f"{span(now - ts)} ago" if ts <= now else f"in {span(ts - now)}"
+
+
+def _took(start: int | None, end: int | None, now: int) -> str:
+    if start is None:
+        return ""
+    if end is None:
+        return f"running for {span(now - start)}"
+    return f"took {span(end - start)}"
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {many or word + 's'}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    cells = [[str(h) for h in headers]] + [[_one_line(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in cells]
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _event_line(event: Row, now: int | None) -> str:
+    """One event for people; the time is short when ``now`` is given and it is today."""
+    when = local_time(event["timestamp"]) if now is None else _clock_time(event["timestamp"], now)
+    message = _one_line(event["message"] or "")
+    return (f"{when}  {event['story_key']:<10} {event['command']:<14} "
+            f"{event['status']:<8} {message}").rstrip()
+
+
+# -- opening the database ------------------------------------------------------------------
+
+def _target(args: argparse.Namespace) -> str:
+    target: str = args.db if args.db is not None else db.DB_PATH
+    return target
+
+
+def _scrub(text: str, target: str) -> str:
+    """Remove the password of ``target`` (a URL) from ``text``."""
+    if not is_url(target):
+        return text
+    text = text.replace(target, mask_url(target))
+    password = urlsplit(target).password
+    if password:
+        for secret in {password, unquote(password)}:
+            text = text.replace(secret, "***")
+    return text
+
+
+@contextmanager
+def opened(args: argparse.Namespace, *, create: bool = False, migrate: bool = False,
+           current: bool = True) -> Iterator[Store]:
+    """Yield a store on ``--db``, closed afterwards.
+
+    Unless ``create``, a SQLite file that does not exist is an error (and is not
+    created). ``migrate`` brings the schema up to date; otherwise ``current``
+    refuses a database that still needs migrations.
+    """
+    target = _target(args)
+    database = open_database(target)
+    if isinstance(database, peewee.SqliteDatabase) and not create:
+        path = str(database.database)
+        if not os.path.exists(path):
+            raise CommandError(f"{path}: no such database file (create one with "
+                               f"`{PROG} init`, or try `{PROG} --db demo.db demo`)")
+    store = Store(database, migrate=migrate)
+    try:
+        if current and not migrate:
+            _require_current(store)
+        yield store
+    finally:
+        store.close()
+
+
+def _require_current(store: Store) -> None:
+    pending = store.pending_migrations()
+    if not pending:
+        return
+    version = store.schema_version()
+    if version == 0 and not store.database.get_tables():
+        raise CommandError(f"{store.location} holds no sprint-runner tables; "
+                           f"create them with `{PROG} init`")
+    raise CommandError(
+        f"{store.location} is at schema version {version} and needs "
+        f"{_plural(len(pending), 'migration')} ({', '.join(str(v) for v, _ in pending)}); "
+        f"run `{PROG} migrate` first")
+
+
+# -- commands ------------------------------------------------------------------------------
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    return _migrate(args, create=True, dry_run=False)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    return _migrate(args, create=False, dry_run=args.dry_run)
+
+
+def _migrate(args: argparse.Namespace, *, create: bool, dry_run: bool) -> int:
+    with opened(args, create=create, current=False) as store:
+        fresh = not store.database.get_tables()
+        before = store.schema_version()
+        pending = store.pending_migrations()
+        applied = [] if dry_run else store.migrate()
+        after = before if dry_run else store.schema_version()
+        if args.json:
+            result: dict[str, Any] = {
+                "location": store.location, "backend": store.backend,
+                "schema_version": after, "previous_version": before, "applied": applied}
+            if dry_run:
+                result["pending"] = [{"version": v, "name": n} for v, n in pending]
+            _print_json(result)
+            return 0
+        if dry_run:
+            if not pending:
+                print(f"{store.location} is at schema version {before}: up to date")
+            else:
+                print(f"{store.location} is at schema version {before}; "
+                      f"`{PROG} migrate` would apply:")
+                for version, name in pending:
+                    print(f"  {version}  {name}")
+        elif applied and fresh:
+            print(f"created {store.location} at schema version {after}")
+        elif applied:
+            print(f"migrated {store.location} from schema version {before} to {after} "
+                  f"(applied {', '.join(str(v) for v in applied)})")
+        else:
+            print(f"{store.location} is at schema version {after}: up to date")
+    return 0
+
+
+def _status_lines(store: Store, summary: dict[str, Any], now: int) -> list[str]:
+    batch = summary["batch"]
+    lines = [f"Batch {batch['id']} - {batch['status']} - "
+             f"cycle {batch['cycles_completed'] or 0} of {batch['max_cycles']} done"]
+    owner = f" by {batch['owner']}" if batch["owner"] else ""
+    lines.append(f"  started    {local_time(batch['started_at'])} "
+                 f"({_ago(batch['started_at'], now)}){owner}")
+    if batch["ended_at"] is not None:
+        lines.append(f"  ended      {local_time(batch['ended_at'])} "
+                     f"({_took(batch['started_at'], batch['ended_at'], now)})")
+    if summary["heartbeat_age"] is not None:
+        lines.append(f"  heartbeat  {span(summary['heartbeat_age'])} ago")
+    by_status = summary["stories_by_status"]
+    stories = ", ".join(f"{n} {status}" for status, n in sorted(
+        by_status.items(), key=lambda item: (-item[1], item[0]))) or "none yet"
+    lines.append(f"  stories    {stories}")
+    keys = {s["id"]: s["story_key"] for s in store.get_stories_by_batch(batch["id"])} \
+        if summary["running_commands"] else {}
+    running = summary["running_commands"]
+    tasks = summary["pending_background_tasks"]
+    live = batch["status"] == "running"
+    if running or live:
+        lines.append(f"  running    {_plural(len(running), 'command') if running else 'none'}")
+    for c in running:
+        lines.append(f"    #{c['id']} {c['command']} for {keys.get(c['story_id'], '?')} "
+                     f"(task {c['task_id']}), {_took(c['started_at'], None, now)}")
+    if tasks or live:
+        pending = f"{_plural(len(tasks), 'task')} pending" if tasks else "none pending"
+        lines.append(f"  background {pending}")
+    for t in tasks:
+        lines.append(f"    #{t['id']} {t['task_type']} for {t['story_key']}, "
+                     f"{_took(t['spawned_at'], None, now)}")
+    events = summary["last_events"]
+    if events:
+        lines.append("")
+        lines.append(f"Last {_plural(len(events), 'event')}, newest first:")
+        lines.extend("  " + _event_line(e, now) for e in events)
+    return lines
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    now = system_clock()
+    with opened(args) as store:
+        batch = store.get_active_batch()
+        if batch is None:
+            latest = store.list_batches(limit=1)
+            batch = latest[0] if latest else None
+        summary = None if batch is None else store.batch_summary(batch["id"], events=args.events)
+        if args.json:
+            _print_json(summary)
+        elif summary is None:
+            print(f"no batches yet in {store.location}")
+        else:
+            if summary["batch"]["status"] != "running":
+                print(f"No batch is running; the last one in {store.location}:")
+            print("\n".join(_status_lines(store, summary, now)))
+    return 0
+
+
+def _cmd_batches(args: argparse.Namespace) -> int:
+    now = system_clock()
+    with opened(args) as store:
+        batches = store.list_batches(limit=args.limit)
+    if args.json:
+        _print_json(batches)
+    elif not batches:
+        print("no batches yet")
+    else:
+        rows = [(b["id"], b["status"], f"{b['cycles_completed'] or 0}/{b['max_cycles']}",
+                 local_time(b["started_at"]),
+                 _took(b["started_at"], b["ended_at"], now).replace("took ", ""),
+                 _ago(b["heartbeat_at"], now) if b["status"] == "running" else "-",
+                 b["owner"] or "-") for b in batches]
+        print("\n".join(_table(("ID", "STATUS", "CYCLES", "STARTED", "DURATION",
+                                "HEARTBEAT", "OWNER"), rows)))
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    now = system_clock()
+    with opened(args) as store:
+        batch = store.get_batch(args.batch_id)
+        if batch is None:
+            raise CommandError(f"batch {args.batch_id} not found in {store.location}")
+        stories = store.get_stories_by_batch(args.batch_id)
+        commands = store.get_commands_by_batch(args.batch_id)
+        tasks = store.get_background_tasks_by_batch(args.batch_id)
+    by_story: dict[int, list[Row]] = {}
+    for c in commands:
+        by_story.setdefault(c["story_id"], []).append(c)
+    if args.json:
+        _print_json({"batch": batch,
+                     "stories": [{**s, "commands": by_story.get(s["id"], [])} for s in stories],
+                     "background_tasks": tasks})
+        return 0
+    owner = f" by {batch['owner']}" if batch["owner"] else ""
+    print(f"Batch {batch['id']} - {batch['status']} - "
+          f"cycle {batch['cycles_completed'] or 0} of {batch['max_cycles']} done")
+    print(f"  started  {local_time(batch['started_at'])}{owner}")
+    print(f"  ended    {local_time(batch['ended_at'])}  "
+          f"{_took(batch['started_at'], batch['ended_at'], now)}")
+    if batch["status"] == "running":
+        print(f"  heartbeat {_ago(batch['heartbeat_at'], now)}")
+    print()
+    print(f"{_plural(len(stories), 'story', 'stories')}:")
+    # One table for every command, so columns line up across stories.
+    rows = [(f"#{c['id']}", c["command"], c["task_id"], c["status"],
+             _took(c["started_at"], c["ended_at"], now).replace("took ", ""),
+             c["output_summary"] or "") for c in commands]
+    lines = _table(("", "COMMAND", "TASK", "STATUS", "TIME", "SUMMARY"), rows)[1:]
+    line_of = {c["id"]: line for c, line in zip(commands, lines, strict=True)}
+    for s in stories:
+        print(f"  {s['story_key']} (epic {s['epic_id']}, #{s['id']})  {s['status']}  "
+              f"started {local_time(s['started_at'])}, "
+              f"{_took(s['started_at'], s['ended_at'], now)}")
+        for c in by_story.get(s["id"], []):
+            print("    " + line_of[c["id"]])
+    if tasks:
+        print()
+        print(f"{_plural(len(tasks), 'background task')}:")
+        task_rows = [(f"#{t['id']}", t["task_type"], t["story_key"], t["status"],
+                      f"spawned {local_time(t['spawned_at'])}",
+                      _took(t["spawned_at"], t["completed_at"], now)) for t in tasks]
+        for line in _table(("", "TYPE", "STORY", "STATUS", "SPAWNED", "TIME"), task_rows)[1:]:
+            print("  " + line)
+    return 0
+
+
+def _event_filters(args: argparse.Namespace, now: int) -> dict[str, Any]:
+    return {"batch_id": args.batch, "story_key": args.story, "command": args.command_name,
+            "status": args.status,
+            "since": None if args.since is None else args.since.resolve(now),
+            "until": None if args.until is None else args.until.resolve(now)}
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    now = system_clock()
+    with opened(args) as store:
+        page = store.page_events(limit=args.limit, cursor=args.cursor,
+                                 **_event_filters(args, now))
+    if args.json:
+        _print_json(page)
+        return 0
+    events = page["events"]
+    if not events:
+        print("no events match")
+        return 0
+    rows = [(e["id"], local_time(e["timestamp"]), e["batch_id"], e["story_key"], e["command"],
+             e["status"], e["message"] or "") for e in events]
+    print("\n".join(_table(("ID", "TIME", "BATCH", "STORY", "COMMAND", "STATUS", "MESSAGE"),
+                           rows)))
+    if page["next_cursor"]:
+        print(f"(more: add --cursor {page['next_cursor']})")
+    return 0
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    try:
+        with opened(args) as store:
+
+            def emit(event: Row) -> None:
+                if args.json:
+                    print(json.dumps(event, ensure_ascii=False), flush=True)
+                else:
+                    print(_event_line(event, None), flush=True)
+
+            recent = store.page_events(limit=max(args.lines, 1), batch_id=args.batch)["events"]
+            after = recent[0]["id"] if recent else 0
+            for event in reversed(recent[:args.lines]):
+                emit(event)
+            polls = 0
+            while True:
+                events = store.tail_events(after, batch_id=args.batch, limit=_TAIL_CHUNK)
+                for event in events:
+                    emit(event)
+                    after = event["id"]
+                if len(events) == _TAIL_CHUNK:
+                    continue
+                polls += 1
+                if args.max_polls is not None and polls >= args.max_polls:
+                    return 0
+                _sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _write_events(rows: Iterator[Row], out: IO[str], fmt: str,
+                  progress: Callable[[int], None] | None) -> int:
+    count = 0
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(EVENT_COLUMNS)
+        for row in rows:
+            writer.writerow([row[c] for c in EVENT_COLUMNS])
+            count += 1
+            if progress is not None and count % _PROGRESS_EVERY == 0:
+                progress(count)
+    else:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False))
+            out.write("\n")
+            count += 1
+            if progress is not None and count % _PROGRESS_EVERY == 0:
+                progress(count)
+    return count
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    now = system_clock()
+    show_progress = sys.stderr.isatty()
+
+    with opened(args) as store:
+        filters = _event_filters(args, now)
+        total = store.count_events(**filters) if show_progress else 0
+
+        def progress(n: int) -> None:
+            sys.stderr.write(f"\rexported {n:,} of {total:,} events")
+            sys.stderr.flush()
+
+        rows = store.iter_events(**filters)
+        report = progress if show_progress else None
+        if args.output is None:
+            count = _write_events(rows, sys.stdout, args.format, report)
+            sys.stdout.flush()
+        else:
+            # Written beside FILE, then renamed: FILE is never left half written.
+            part = f"{args.output}.part-{os.getpid()}"
+            try:
+                with open(part, "w", encoding="utf-8", newline="") as out:
+                    count = _write_events(rows, out, args.format, report)
+                os.replace(part, args.output)
+            except OSError as exc:
+                raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+            finally:
+                if os.path.exists(part):
+                    os.unlink(part)
+    if show_progress:
+        sys.stderr.write(f"\rexported {count:,} events\n")
+    if args.output is not None:
+        if args.json:
+            _print_json({"path": args.output, "format": args.format, "events": count})
+        else:
+            print(f"exported {_plural(count, 'event')} to {args.output} ({args.format})")
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    cutoff = args.older_than.resolve(system_clock())
+    with opened(args) as store:
+        counts = store.prune(older_than=cutoff, events_only=args.events_only,
+                             dry_run=args.dry_run)
+    if args.json:
+        _print_json({"older_than": cutoff, "dry_run": args.dry_run,
+                     "events_only": args.events_only, "deleted": counts})
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"cutoff: {local_time(cutoff)}")
+    if not args.events_only:
+        contents = ", ".join(f"{n} {table.replace('_', ' ')}" for table, n in counts.items()
+                             if table not in ("batches", "events"))
+        print(f"{verb} {_plural(counts['batches'], 'finished batch', 'finished batches')}"
+              f" that ended before it" + (f" ({contents})" if counts["batches"] else ""))
+    print(f"{verb} {_plural(counts['events'], 'event')} in all, older ones of batches "
+          "that are not running included")
+    return 0
+
+
+def _cmd_recover(args: argparse.Namespace) -> int:
+    now = system_clock()
+    with opened(args) as store:
+        stale = {b["id"]: b for b in store.find_stale_batches(args.stale_after)}
+        stopped = list(stale) if args.dry_run else store.recover_stale_batches(args.stale_after)
+    if args.json:
+        _print_json({"stale_after": args.stale_after, "dry_run": args.dry_run,
+                     "batches": stopped})
+        return 0
+    if not stopped:
+        print(f"no stale batches (none running without a heartbeat for {span(args.stale_after)})")
+        return 0
+    verb = "would stop" if args.dry_run else "stopped"
+    for batch_id in stopped:
+        b = stale.get(batch_id)
+        seen = None if b is None else Store.last_seen(b)
+        owner = f"owner {b['owner']}, " if b is not None and b["owner"] else ""
+        print(f"{verb} batch {batch_id} ({owner}last heartbeat {_ago(seen, now)})")
+    return 0
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    directory = os.path.dirname(os.path.abspath(args.dest))
+    if not os.path.isdir(directory):
+        raise CommandError(f"cannot write {args.dest}: no such directory {directory}")
+    with opened(args, current=False) as store:
+        if store.backend != "sqlite":  # a SQLite file is copied as it is, whatever its version
+            _require_current(store)
+        store.backup(args.dest)
+        location = store.location
+    size = os.path.getsize(args.dest)
+    if args.json:
+        _print_json({"source": location, "dest": args.dest, "bytes": size})
+    else:
+        print(f"backed up {location} to {args.dest} ({_bytes(size)})")
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    now = system_clock()
+    problems: list[str] = []
+    advice: list[str] = []
+    database = open_database(_target(args))
+    report: dict[str, Any] = {
+        "location": describe(database), "backend": backend_of(database),
+        "schema_version": None, "pending_migrations": None, "integrity": None,
+        "storage": {}, "tables": None, "stale_batches": None}
+    try:
+        with opened(args, current=False) as store:
+            report["storage"] = store.storage_info()
+            report["schema_version"] = store.schema_version()
+            pending = store.pending_migrations()
+            report["pending_migrations"] = [{"version": v, "name": n} for v, n in pending]
+            report["integrity"] = store.integrity_check()  # names pending migrations too
+            problems += report["integrity"]
+            if pending:
+                advice.append(f"{PROG} migrate")
+            else:
+                report["tables"] = store.table_counts()
+                report["stale_batches"] = store.find_stale_batches(args.stale_after)
+    except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
+        reason = _one_line(_scrub(str(exc), _target(args)))
+        problems.append(f"cannot read the database: {reason}")
+        if report["backend"] == "sqlite":
+            advice.append("restore a backup, or salvage the file with sqlite3's .recover")
+    for b in report["stale_batches"] or ():
+        owner = f" (owner {b['owner']})" if b["owner"] else ""
+        problems.append(f"batch {b['id']} is running but silent for "
+                        f"{span(now - Store.last_seen(b))}{owner}")
+    if report["stale_batches"]:
+        advice.append(f"{PROG} recover --stale-after {span(args.stale_after).replace(' ', '')}"
+                      "   (once you know the batches' processes are gone)")
+    report.update(problems=problems, advice=advice, ok=not problems)
+    if args.json:
+        _print_json(report)
+        return 0 if report["ok"] else 1
+    storage = report["storage"]
+    print(f"database    {report['location']} ({report['backend']})")
+    if report["schema_version"] is not None:
+        pending = report["pending_migrations"]
+        state = (f"{_plural(len(pending), 'migration')} pending" if pending else "up to date")
+        print(f"schema      version {report['schema_version']} ({state})")
+    if "file_bytes" in storage:
+        print(f"size        {_bytes(storage['file_bytes'])}, WAL {_bytes(storage['wal_bytes'])}")
+    if report["integrity"] is not None:
+        print(f"integrity   {'ok' if not report['integrity'] else 'PROBLEMS'}")
+    if report["tables"] is not None:
+        print("rows        " + ", ".join(f"{t} {n:,}" for t, n in report["tables"].items()))
+    if report["stale_batches"] is not None:
+        stale = report["stale_batches"]
+        print(f"stale       {', '.join('batch ' + str(b['id']) for b in stale) or 'none'} "
+              f"(running batches silent for {span(args.stale_after)} or more)")
+    print()
+    if not problems:
+        print("ok: nothing needs attention")
+        return 0
+    print(f"{_plural(len(problems), 'problem')} need{'s' if len(problems) == 1 else ''} "
+          "attention:")
+    for problem in problems:
+        print(f"  - {problem}")
+    for line in advice:
+        print(f"to fix: {line}")
+    return 1
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+_DEMO_PLAN: tuple[tuple[str, str, tuple[tuple[str, str, int, str | None], ...]], ...] = (
+    # (story, epic, ((command, task, minutes, failure or None), ...)) in cycle order.
+    ("2a-1", "2a", (("create-story", "draft", 3, None), ("dev-story", "implement", 9, None),
+                    ("code-review", "review", 4, None))),
+    ("2a-2", "2a", (("create-story", "draft", 2, None),
+                    ("dev-story", "implement", 7, "2 tests failed in test_login.py"),
+                    ("dev-story", "fix", 4, None), ("code-review", "review", 3, None))),
+    ("2b-1", "2b", (("create-story", "draft", 2, None), ("dev-story", "implement", 5, None),
+                    ("code-review", "review", 2, None))),
+    ("2b-2", "2b", (("create-story", "draft", 2, None),
+                    ("dev-story", "implement", 6, "build failed: missing database migration"),
+                    ("dev-story", "fix", 3, "build failed: migration conflicts with 2a-2"),
+                    ("dev-story", "fix", 3, "build failed: migration conflicts with 2a-2"))),
+)
+_DEMO_OWNER = f"{PROG} demo"
+_DEMO_REPEATS = 20
+_DEMO_SUMMARIES = {"create-story": "story file written", "dev-story": "all tests pass",
+                   "code-review": "approved"}
+
+
+def _run_demo(store: Store, minutes: Callable[[int], None]) -> tuple[int, int]:
+    """Simulate a two-cycle sprint through ``store`` (its clock moved by ``minutes``);
+    return the batch id and the number of events logged."""
+    batch = store.create_batch(2)
+    store.update_batch(batch, owner=_DEMO_OWNER)  # marks it as a demo, not a real sprint
+    task: int | None = None
+    logged = 0
+
+    def event(story: tuple[int, str, str] | None, command: tuple[int, str, str] | None,
+              status: str, message: str, cycle: int) -> None:
+        story_id, key, epic = story if story else (None, "batch", "system")
+        command_id, name, task_name = command if command else (
+            None, "story" if story else "sprint", f"cycle-{cycle}")
+        store.create_event(batch, story_id, command_id, epic, key, name, task_name, status,
+                           message)
+        nonlocal logged
+        logged += 1
+
+    event(None, None, "start", f"batch {batch} started: 2 cycles, 4 stories", 1)
+    for cycle, plan in ((1, _DEMO_PLAN[:2]), (2, _DEMO_PLAN[2:])):
+        event(None, None, "start", f"cycle {cycle} of 2 started", cycle)
+        for key, epic, commands in plan:
+            story_id = store.create_story(batch, key, epic)
+            story = (story_id, key, epic)
+            event(story, None, "start", f"story {key} started", cycle)
+            for name, task_name, length, failure in commands:
+                command_id = store.create_command(story_id, name, task_name)
+                event(story, (command_id, name, task_name), "start", f"{name} started", cycle)
+                if task is None and name == "code-review":
+                    task = store.create_background_task(batch, key, "context-refresh")
+                minutes(length)
+                store.heartbeat(batch)
+                store.update_command(command_id, status="failed" if failure else "completed",
+                                     ended_at=store.clock(),
+                                     output_summary=failure or _DEMO_SUMMARIES[name])
+                event(story, (command_id, name, task_name), "failed" if failure else "end",
+                      failure or f"{name} done", cycle)
+            blocked = store.check_story_blocked(story_id)
+            store.update_story(story_id, status="blocked" if blocked else "done",
+                               ended_at=store.clock())
+            event(story, None, "blocked" if blocked else "end",
+                  f"story {key} blocked: its last 3 commands failed" if blocked
+                  else f"story {key} done", cycle)
+            if task is not None and cycle == 1 and key == plan[-1][0]:
+                store.update_background_task(task, status="completed",
+                                             completed_at=store.clock())
+        store.update_batch(batch, cycles_completed=cycle)
+        event(None, None, "end", f"cycle {cycle} of 2 done", cycle)
+    store.update_batch(batch, status="completed", ended_at=store.clock())
+    event(None, None, "end", f"batch {batch} completed: 3 stories done, 1 blocked", 2)
+    return batch, logged
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    now = system_clock()
+    with opened(args, create=True, current=False) as store:
+        # Checked before migrating: the demo must not upgrade or fill a real database.
+        # Running it again where only demos ran adds one more demo batch.
+        if store.database.get_tables() and (
+                store.pending_migrations()
+                or store.table_counts()["batches"] > _DEMO_REPEATS
+                or any(b["owner"] != _DEMO_OWNER for b in store.list_batches(_DEMO_REPEATS))):
+            raise CommandError(
+                f"{store.location} already holds data; the demo writes only into a new "
+                f"database, or one where only demos ran: try `{PROG} --db demo.db demo`")
+        store.migrate()
+        # The simulated sprint ends now: its clock starts as long ago as its commands take.
+        simulated = [now - 60 * sum(c[2] for _, _, commands in _DEMO_PLAN for c in commands)]
+        demo = Store(store.database, clock=lambda: simulated[0], migrate=False)
+
+        def minutes(n: int) -> None:
+            simulated[0] += 60 * n
+
+        with demo.transaction():
+            batch, events = _run_demo(demo, minutes)
+        summary = store.batch_summary(batch)
+        stories = len(store.get_stories_by_batch(batch))
+        commands = store.get_commands_by_batch(batch)
+        failed = sum(c["status"] == "failed" for c in commands)
+        tasks = len(store.get_background_tasks_by_batch(batch))
+        if args.json:
+            _print_json(summary)
+            return 0
+        assert summary is not None
+        print(f"Simulated a small sprint in {store.location}: "
+              f"{_plural(stories, 'story', 'stories')}, "
+              f"{_plural(len(commands), 'command')} ({failed} failed), "
+              f"{_plural(tasks, 'background task')}, {_plural(events, 'event')}.")
+        print()
+        print("\n".join(_status_lines(store, summary, now)))
+    db_option = f" --db {shlex.quote(mask_url(args.db))}" if args.db is not None else ""
+    print()
+    print("Look closer:")
+    for command, what in ((f"show {batch}", "the stories and their commands"),
+                          ("events --story 2b-2", "why story 2b-2 is blocked"),
+                          ("doctor", "the health of the database")):
+        print(f"  {PROG}{db_option} {command:<20} # {what}")
+    return 0
+
+
+# -- the parser -------------------------------------------------------------------------------
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "init": _cmd_init, "status": _cmd_status, "batches": _cmd_batches, "show": _cmd_show,
+    "events": _cmd_events, "tail": _cmd_tail, "export": _cmd_export, "prune": _cmd_prune,
+    "backup": _cmd_backup, "recover": _cmd_recover, "migrate": _cmd_migrate,
+    "doctor": _cmd_doctor, "demo": _cmd_demo,
+}
+
+_DB_HELP = "database file or URL (default: $SPRINT_RUNNER_DB, else sprint-runner.db)"
+_JSON_HELP = "print JSON for machines (times as epoch seconds)"
+_EPILOG = f"""\
+times:  epoch seconds, ISO-8601 (2024-05-01T12:00, local unless it says Z or +HH:MM)
+        or an age before now (30d, 2h, 10m, 45s, 1w, 1d12h)
+exit:   0 ok, 1 a problem found, 2 a usage error
+start:  {PROG} --db demo.db demo
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    # --db and --json work before or after the command; after it they must not reset
+    # a value given before it, hence SUPPRESS as their default there.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", metavar="PATH|URL", default=argparse.SUPPRESS, help=_DB_HELP)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help=_JSON_HELP)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Look into and look after a sprint-runner database.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", metavar="PATH|URL", help=_DB_HELP)
+    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND",
+                                     required=True)
+
+    def command(name: str, summary: str,
+                *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common, *parents], help=summary,
+                                   description=summary[0].upper() + summary[1:] + ".")
+
+    command("init", "create the database or bring its schema up to date")
+
+    p = command("status", "the running batch (else the last one) at a glance")
+    p.add_argument("--events", metavar="N", type=_count(0, MAX_PAGE), default=10,
+                   help="how many recent events to show (default: 10)")
+
+    p = command("batches", "list the most recent batches, newest first")
+    p.add_argument("--limit", metavar="N", type=_count(1), default=20,
+                   help="how many (default: 20)")
+
+    p = command("show", "one batch: its stories with their commands, its background tasks")
+    p.add_argument("batch_id", metavar="BATCH_ID", type=_count(1), help="the batch's id")
+
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--batch", metavar="N", type=_count(1), help="only this batch's events")
+    filters.add_argument("--story", metavar="KEY", help="only events of this story key")
+    filters.add_argument("--command", metavar="C", dest="command_name",
+                         help="only events of this command (dev-story, ...)")
+    filters.add_argument("--status", metavar="S", help="only events with this status")
+    filters.add_argument("--since", metavar="T", type=parse_moment,
+                         help="only events at or after this time")
+    filters.add_argument("--until", metavar="T", type=parse_moment,
+                         help="only events before this time")
+
+    p = command("events", "list events, newest first, a page at a time", filters)
+    p.add_argument("--limit", metavar="N", type=_count(1, MAX_PAGE), default=50,
+                   help="events per page (default: 50)")
+    p.add_argument("--cursor", metavar="CURSOR",
+                   help="continue after the page that printed this cursor")
+
+    p = command("tail", "show the latest events, then follow new ones (Ctrl-C stops)")
+    p.add_argument("--batch", metavar="N", type=_count(1), help="only this batch's events")
+    p.add_argument("-n", "--lines", metavar="N", type=_count(0, MAX_PAGE), default=10,
+                   help="how many existing events to show first (default: 10)")
+    p.add_argument("--interval", metavar="S", type=_interval, default=1.0,
+                   help="seconds between polls (default: 1)")
+    p.add_argument("--max-polls", type=_count(1), help=argparse.SUPPRESS)
+
+    p = command("export", "write matching events, oldest first, as JSON lines or CSV", filters)
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                   help="output format (default: jsonl)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write to FILE (replaced when complete) instead of stdout")
+
+    p = command("prune", "delete old finished batches and old events")
+    p.add_argument("--older-than", metavar="T", type=parse_moment, required=True,
+                   help="the cutoff: an age such as 30d, or a time")
+    p.add_argument("--events-only", action="store_true",
+                   help="delete only old events; keep every batch, story and command")
+    p.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+
+    p = command("backup", "copy the whole database to a new SQLite file")
+    p.add_argument("dest", metavar="DEST", help="the new file (must not exist)")
+
+    p = command("recover", "stop running batches whose heartbeat went silent")
+    p.add_argument("--stale-after", metavar="DURATION", type=parse_duration, default=600,
+                   help="silent for this long (default: 10m)")
+    p.add_argument("--dry-run", action="store_true", help="list them, change nothing")
+
+    p = command("migrate", "apply pending schema migrations")
+    p.add_argument("--dry-run", action="store_true", help="list them, change nothing")
+
+    p = command("doctor", "check integrity, schema, size, rows and stale batches")
+    p.add_argument("--stale-after", metavar="DURATION", type=parse_duration, default=600,
+                   help="a running batch silent for this long needs attention (default: 10m)")
+
+    command("demo", "simulate a small sprint into a new database, then show its status")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``sprint-runner-db`` on ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    args = _parser().parse_args(argv)
+    target = _target(args)
+    # The store's warnings (a backup made before a migration, ...) reach stderr unless
+    # the program embedding us already routes logging somewhere.
+    logger = logging.getLogger("sprint_runner")
+    handler = None if logger.hasHandlers() else logging.StreamHandler()
+    if handler is not None:
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+        logger.addHandler(handler)
+    try:
+        return _COMMANDS[args.command](args)
+    except CommandError as exc:
+        message = str(exc)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly, as cat and grep do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except (peewee.PeeweeException, sqlite3.Error, OSError, ValueError) as exc:
+        where = mask_url(target)
+        message = _one_line(exc) or type(exc).__name__
+        if where not in message and not isinstance(exc, (ValueError, OSError)):
+            message = f"{where}: {message}"
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+    print(f"{PROG}: error: {_scrub(message, target)}", file=sys.stderr)
+    return 1
