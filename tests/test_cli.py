@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -794,3 +795,9 @@ def test_demo_refuses_a_legacy_file_without_migrating_it(capsys: pytest.CaptureF
     assert "already holds data" in err
     assert Store(db_target, migrate=False).schema_version() == 0
     assert not os.path.exists(db_target + ".bak-v0")
+
+
+def test_readme_documents_every_command() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for command in COMMANDS:
+        assert f"| `{command}" in readme, f"README lacks a row for `{command}`"
