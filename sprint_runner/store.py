@@ -716,12 +716,16 @@ class Store:
         return count
 
     def _insert_events(self, rows: list[tuple[Any, ...]]) -> None:
-        if self.backend == "sqlite":
+        if self.backend == "sqlite" and (len(rows) < _CHUNK or not _SQLITE_MULTI_ROW):
             self._x.executemany(self._q.insert_event.sql, rows)
-        else:
-            # One multi-row INSERT per chunk: a server round trip per row would dominate.
-            statement = self._q.insert_events(len(rows))
-            self._x.execute(statement.sql, [v for row in rows for v in row])
+            return
+        # Multi-row INSERTs: on a server a round trip per row would dominate, and on
+        # SQLite one statement per full chunk beats executemany by about a fifth.
+        start = 0
+        for size in _split(len(rows)):
+            statement = self._q.insert_events(size)
+            self._x.execute(statement.sql, [v for row in rows[start:start + size] for v in row])
+            start += size
 
     # -- retention ----------------------------------------------------------------------
 
@@ -741,8 +745,7 @@ class Store:
                 with self._x.transaction():
                     ids = [r[0] for r in self._x.fetchall(
                         q.prunable_events.sql, ("running", older_than, _CHUNK))]
-                    if ids:
-                        self._x.execute(q.delete_events(len(ids)).sql, ids)
+                    self._delete_events(ids)
                     return len(ids)
             deleted = self._x.retrying(chunk)
             total += deleted
@@ -799,6 +802,13 @@ class Store:
             counts["events"] += self.prune_events(older_than=older_than, dry_run=dry_run)
         return counts
 
+    def _delete_events(self, ids: list[int]) -> int:
+        deleted, start = 0, 0
+        for size in _split(len(ids)):
+            deleted += self._x.execute(self._q.delete_events(size).sql, ids[start:start + size])
+            start += size
+        return deleted
+
     def _batch_tree_counts(self, batch_id: int) -> dict[str, int]:
         q = self._q
         ids = {"batch_id": batch_id}
@@ -814,8 +824,7 @@ class Store:
         while True:
             with self._x.transaction():
                 ids = [r[0] for r in self._x.fetchall(q.batch_event_ids.sql, (batch_id, _CHUNK))]
-                if ids:
-                    counts["events"] += self._x.execute(q.delete_events(len(ids)).sql, ids)
+                counts["events"] += self._delete_events(ids)
             if len(ids) < _CHUNK:
                 break
         with self._x.transaction():
@@ -992,6 +1001,23 @@ class Store:
 def _event_row(batch_id: object, story_id: object, command_id: object, epic_id: object,
                story_key: object, command: object, task_id: object, status: object,
                message: object, timestamp: int) -> tuple[Any, ...]:
+    # The common case, decided in one expression: a bulk insert pays this per event.
+    # Anything it does not accept goes through the checks below, which name the culprit.
+    if (type(batch_id) is int and INT64_MIN <= batch_id <= INT64_MAX
+            and (story_id is None or (type(story_id) is int and INT64_MIN <= story_id <= INT64_MAX))
+            and (command_id is None
+                 or (type(command_id) is int and INT64_MIN <= command_id <= INT64_MAX))
+            and type(epic_id) is str and 0 < len(epic_id) <= KEY_LENGTH
+            and type(story_key) is str and 0 < len(story_key) <= KEY_LENGTH
+            and type(command) is str and 0 < len(command) <= KEY_LENGTH
+            and type(task_id) is str and 0 < len(task_id) <= KEY_LENGTH
+            and type(status) is str and 0 < len(status) <= KEY_LENGTH
+            and (message is None or type(message) is str)
+            and "\x00" not in epic_id and "\x00" not in story_key and "\x00" not in command
+            and "\x00" not in task_id and "\x00" not in status
+            and (message is None or "\x00" not in message)):
+        return (batch_id, story_id, command_id, timestamp, epic_id, story_key, command,
+                task_id, status, message)
     check_int("batch_id", batch_id)
     check_optional_int("story_id", story_id)
     check_optional_int("command_id", command_id)
@@ -1003,6 +1029,18 @@ def _event_row(batch_id: object, story_id: object, command_id: object, epic_id: 
     check_optional_text("message", message)
     return (batch_id, story_id, command_id, timestamp, epic_id, story_key, command, task_id,
             status, message)
+
+
+def _split(n: int) -> list[int]:
+    """Split ``n`` rows into full chunks and powers of two, so that a handful of
+    cached statements (not one per remainder size) serve every count."""
+    sizes = [_CHUNK] * (n // _CHUNK)
+    rest = n % _CHUNK
+    while rest:
+        size = 1 << (rest.bit_length() - 1)
+        sizes.append(size)
+        rest -= size
+    return sizes
 
 
 def _last_seen(batch: Mapping[str, Any]) -> int:
@@ -1049,17 +1087,23 @@ def _decode_cursor(cursor: object, newest_first: bool) -> int:
 
 
 _REQUIRED_EVENT_KEYS = ("batch_id", "epic_id", "story_key", "command", "task_id", "status")
+_REQUIRED_EVENT_KEY_SET = frozenset(_REQUIRED_EVENT_KEYS)
+# SQLite 3.32 raised the bound parameters per statement from 999 to 32766: enough for
+# a chunk of events (10 columns x 1000 rows) in one INSERT.
+_SQLITE_MULTI_ROW = sqlite3.sqlite_version_info >= (3, 32, 0)
 _EVENT_KEYS = frozenset(EVENT_FIELDS) | {"timestamp"}
 
 
 def _event_from_mapping(index: int, event: object, now: int) -> tuple[Any, ...]:
-    if not isinstance(event, Mapping):
+    if type(event) is not dict and not isinstance(event, Mapping):
         raise TypeError(f"events[{index}] must be a mapping, not {type(event).__name__}")
-    unknown = sorted(str(k) for k in event if k not in _EVENT_KEYS)
-    if unknown:
+    keys = event.keys()
+    # Set comparisons first: the lists that name the culprits are built only on failure.
+    if not keys <= _EVENT_KEYS:
+        unknown = sorted(str(k) for k in keys if k not in _EVENT_KEYS)
         raise ValueError(f"Invalid fields in events[{index}]: {', '.join(unknown)}")
-    missing = [k for k in _REQUIRED_EVENT_KEYS if k not in event]
-    if missing:
+    if not _REQUIRED_EVENT_KEY_SET <= keys:
+        missing = [k for k in _REQUIRED_EVENT_KEYS if k not in keys]
         raise ValueError(f"events[{index}] lacks {', '.join(missing)}")
     timestamp = event.get("timestamp", now)
     try:

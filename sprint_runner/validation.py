@@ -17,6 +17,9 @@ _MINIMUM = {"max_cycles": 1, "cycles_completed": 0}
 
 def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
     """Return ``value`` if it is an int (not bool) in range, else raise naming ``name``."""
+    if type(value) is int and INT64_MIN <= value <= INT64_MAX and (
+            minimum is None or value >= minimum):
+        return value  # the common case, decided in one expression (hot paths)
     if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}: {value!r}")
     if not INT64_MIN <= value <= INT64_MAX:
@@ -34,6 +37,9 @@ def check_optional_int(name: str, value: object) -> int | None:
 def check_text(name: str, value: object, *, max_length: int | None = None,
                allow_empty: bool = False) -> str:
     """Return ``value`` if it is a str the database can store, else raise naming ``name``."""
+    if (type(value) is str and (value or allow_empty)
+            and (max_length is None or len(value) <= max_length) and "\x00" not in value):
+        return value  # the common case, decided in one expression (hot paths)
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}: {value!r}")
     if not value and not allow_empty:

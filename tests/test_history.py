@@ -332,3 +332,32 @@ def test_count_events(store: Store, batch: int, clock) -> None:
     assert store.count_events(batch_id=batch + 1) == 0
     with pytest.raises(TypeError, match="batch_id"):
         store.count_events(batch_id="1")
+
+
+_BAD_VALUES = {
+    "batch_id": [True, 1.0, "1", None, 2**63],
+    "story_id": [False, 2.5, "2", -(2**63) - 1],
+    "command_id": [True, "3", 2**64],
+    "epic_id": ["", None, 5, "e" * 256, "a\x00b"],
+    "story_key": ["", b"k", "k" * 256, "\x00"],
+    "command": ["", 1, "c" * 256, "c\x00"],
+    "task_id": ["", None, "t" * 256, "t\x00"],
+    "status": ["", None, "s" * 256, "s\x00"],
+    "message": [5, b"m", "m\x00"],
+    "timestamp": [-1, 1.5, "now", True],
+}
+
+
+@pytest.mark.parametrize(("field", "value"),
+                         [(f, v) for f, values in _BAD_VALUES.items() for v in values])
+def test_every_bad_value_is_refused_in_bulk_and_alone(store: Store, batch: int, field: str,
+                                                      value: Any) -> None:
+    good = {"batch_id": batch, "story_id": None, "command_id": None, "epic_id": "e",
+            "story_key": "k", "command": "c", "task_id": "t", "status": "s", "message": "m"}
+    with pytest.raises((TypeError, ValueError), match=field):
+        store.create_events([good, {**good, field: value}])
+    if field != "timestamp":
+        args = {**good, field: value}
+        with pytest.raises((TypeError, ValueError), match=field):
+            store.create_event(**args)
+    assert store.count_events() == 0
