@@ -173,8 +173,8 @@ def open_database(target: str | os.PathLike[str] | peewee.Database, *,
                 raise ValueError(f"sqlite URL names no file: {target}")
             target = path
         else:
-            _require_driver(backend)
             name, params = _server_params(target)
+            _require_driver(backend)
             pool = {"max_connections": pool_size, "stale_timeout": 300,
                     "timeout": max(busy_timeout, 1)}
             if backend == "postgresql":

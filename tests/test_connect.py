@@ -27,6 +27,8 @@ def test_sqlite_urls(tmp_path: Path) -> None:
 
 
 def test_server_urls_are_pooled_and_bounded() -> None:
+    pytest.importorskip("psycopg2", reason="needs the [postgres] extra")
+    pytest.importorskip("pymysql", reason="needs the [mysql] extra")
     pg = open_database("postgresql://bob:pw%40x@db.example:6543/sprint?connect_timeout=3",
                        pool_size=3)
     assert isinstance(pg, PooledPostgresqlDatabase)
@@ -38,6 +40,7 @@ def test_server_urls_are_pooled_and_bounded() -> None:
 
 
 def test_describe_masks_passwords() -> None:
+    pytest.importorskip("psycopg2", reason="needs the [postgres] extra")
     pg = open_database("postgres://bob:hunter2@db:5432/sprint")
     assert describe(pg) == "postgresql://bob:***@db:5432/sprint"
     assert "hunter2" not in repr(pg.connect_params.get("user"))
@@ -107,6 +110,17 @@ def test_store_repr_and_location_mask_password(db_target: str, store: Store) -> 
     assert store.location in repr(store)
     if "@" in db_target and ":" in db_target.split("@")[0].split("//")[-1]:
         assert "***" in store.location
+
+
+def test_missing_driver_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("psycopg2", "psycopg") else real(name, *a))
+    with pytest.raises(ValueError, match=r"pip install 'sprint-runner\[postgres\]'") as info:
+        open_database("postgresql://bob:hunter2@db:5432/sprint")
+    assert "hunter2" not in str(info.value)
 
 
 def test_server_error_messages_mask_password(caplog) -> None:
