@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import peewee
@@ -134,3 +135,21 @@ def test_server_error_messages_mask_password(caplog) -> None:
         Store(url)
     assert "hunter2" not in str(info.value)
     assert "hunter2" not in caplog.text
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_opens_its_own_connection(store: Store) -> None:
+    batch = store.create_batch(1)  # the parent's connection is open now
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 3
+        try:
+            if store.database._state.conn is None:  # the inherited one was dropped
+                store.create_event(batch, None, None, "e", "k", "c", "t", "s", "child")
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [e["message"] for e in store.get_events_by_batch(batch)] == ["child"]
