@@ -113,7 +113,8 @@ class _Statements:
         self.batch = c(_select(Batch).where(Batch.id == Slot("id")), BATCH_COLUMNS)
         self.batches_by_status = c(
             _select(Batch).where(Batch.status == Slot("status"))
-            .order_by(Batch.id.desc()).limit(Slot("limit")), BATCH_COLUMNS)
+            .order_by(Batch.id.desc()).limit(Slot("limit")), BATCH_COLUMNS,
+            expect=("status", "limit"))
         self.cycles = c(Batch.select(Batch.cycles_completed).where(Batch.id == Slot("id")))
 
         self.insert_story = insert(Story.insert({
@@ -330,10 +331,6 @@ class _Statements:
         return statement
 
 
-def _check_limit(name: str, value: object, *, minimum: int = 0) -> int:
-    return check_int(name, value, minimum=minimum)
-
-
 @dataclass(init=False, repr=False, eq=False)
 class Store:
     """The sprint-runner state store over one database.
@@ -540,8 +537,8 @@ class Store:
 
     def get_events(self, limit: int = 100, offset: int = 0) -> list[Row]:
         """Return events newest first (timestamp, then id, descending)."""
-        _check_limit("limit", limit)
-        _check_limit("offset", offset)
+        check_int("limit", limit, minimum=0)
+        check_int("offset", offset, minimum=0)
         return [dict(zip(EVENT_COLUMNS, r))
                 for r in self._x.fetchall(self._q.events_newest.sql, (limit, offset))]
 
