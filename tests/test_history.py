@@ -131,7 +131,7 @@ def test_pages_never_skip_or_repeat_while_events_arrive(store: Store, batch: int
 ])
 def test_filters(store: Store, batch: int, clock, filters: dict[str, Any]) -> None:
     other = store.create_batch(1)
-    for step in range(20):
+    for _ in range(20):
         store.create_events(_events(batch, 6) + _events(other, 3))
         clock.advance(1)
     filters = {k: (batch if v == "B" else v) for k, v in filters.items()}

@@ -19,12 +19,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import legacy_schema
 import peewee
 import pytest
-
-import legacy_schema
-from conftest import BACKEND
 from legacy_schema import DATA_TABLES
+
 from sprint_runner import IntegrityError, SchemaError, Store, db, migrations
 
 LATEST = migrations.LATEST_VERSION

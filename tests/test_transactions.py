@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from sprint_runner import Store
+from sprint_runner import IntegrityError, Store
 
 
 class Boom(Exception):
@@ -68,7 +68,7 @@ def test_three_levels(store: Store) -> None:
 
 
 def test_integrity_error_inside_transaction_rolls_back(store: Store) -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(IntegrityError):
         with store.transaction():
             batch = store.create_batch(1)
             store.create_story(batch + 1000, "k", "e")
