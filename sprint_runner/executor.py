@@ -5,6 +5,7 @@ errors turned into peewee's (and the store's) error classes.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import random
 import sys
@@ -34,6 +35,15 @@ _RETRYABLE_SERVER_CODES = {"40001", "40P01", 1213, 1205}  # serialization, deadl
 _MIGRATION_LOCK = "sprint_runner:migrate"
 _PEEWEE_ERRORS: dict[str, type[Exception]] = getattr(peewee, "EXCEPTIONS")  # name -> class
 _WRITE_LOCK = "sprint_runner:write"
+
+# What a statement returns, taken from its cursor (prebuilt: hot paths make no lambdas).
+_ROWS = operator.methodcaller("fetchall")
+_ROWCOUNT = operator.attrgetter("rowcount")
+_LASTROWID = operator.attrgetter("lastrowid")
+
+
+def _RETURNED_ID(cursor: Any) -> Any:  # noqa: N802 - named like its siblings
+    return cursor.fetchone()[0]
 
 _executors: weakref.WeakSet[Executor] = weakref.WeakSet()
 _fork_hook_lock = threading.Lock()
@@ -114,7 +124,14 @@ class Executor:
 
     # -- connections ---------------------------------------------------------------
 
-    def _connect(self) -> Any:
+    def connect(self) -> Any:
+        """Open this thread's connection if it is closed; return it."""
+        if self._sqlite:
+            # The first connection switches a new file to WAL, which needs the file to
+            # itself; SQLite reports busy there at once instead of waiting out
+            # busy_timeout, so processes opening a new file together retry here.
+            self._retry_locked(lambda: self.database.connect(reuse_if_open=True))
+            return self._state.conn
         try:
             self.database.connect(reuse_if_open=True)
         except Exception as exc:
@@ -131,9 +148,9 @@ class Executor:
         go never strand pooled connections.
         """
         if self._sqlite or not self.database.is_closed():
-            yield self._state.conn or self._connect()
+            yield self._state.conn or self.connect()
             return
-        conn = self._connect()
+        conn = self.connect()
         try:
             yield conn
         finally:
@@ -149,60 +166,50 @@ class Executor:
 
     # -- statements ----------------------------------------------------------------
 
+    # Each SQLite fast path runs inline (a point read costs ~5 us; another call frame
+    # shows); what happens when it fails lives once, in _sqlite_failed.
+
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Sequence[Any]]:
         """Run a query and return all its rows as tuples (or the thread's row type)."""
         if self._sqlite:
-            conn = self._state.conn or self._connect()
+            conn = self._state.conn or self.connect()
             try:
                 return cast(Sequence[Sequence[Any]], conn.execute(sql, params).fetchall())
             except Exception as exc:
-                if is_busy(exc) and not self.database.in_transaction():
-                    return self._retry_locked(lambda: self._sqlite_fetchall(sql, params))
-                raise translate(exc) from exc
-        return self._server(lambda cur: cur.fetchall(), sql, params)
-
-    def _sqlite_fetchall(self, sql: str, params: Sequence[Any]) -> Any:
-        return self._state.conn.execute(sql, params).fetchall()
+                return cast(Sequence[Sequence[Any]], self._sqlite_failed(exc, _ROWS, sql, params))
+        return cast(Sequence[Sequence[Any]], self._server(_ROWS, sql, params))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a write statement and return the number of rows it changed."""
         if self._sqlite:
-            conn = self._state.conn or self._connect()
+            conn = self._state.conn or self.connect()
             try:
                 return cast(int, conn.execute(sql, params).rowcount)
             except Exception as exc:
-                if is_busy(exc) and not self.database.in_transaction():
-                    return cast(int, self._retry_locked(
-                        lambda: self._state.conn.execute(sql, params).rowcount))
-                raise translate(exc) from exc
-        return cast(int, self._server(lambda cur: cur.rowcount, sql, params))
+                return cast(int, self._sqlite_failed(exc, _ROWCOUNT, sql, params))
+        return cast(int, self._server(_ROWCOUNT, sql, params))
 
     def insert(self, sql: str, params: Sequence[Any]) -> int:
         """Run an INSERT of one row and return its id."""
         if self._sqlite:
-            conn = self._state.conn or self._connect()
+            conn = self._state.conn or self.connect()
             try:
                 return cast(int, conn.execute(sql, params).lastrowid)
             except Exception as exc:
-                if is_busy(exc) and not self.database.in_transaction():
-                    return cast(int, self._retry_locked(
-                        lambda: self._state.conn.execute(sql, params).lastrowid))
-                raise translate(exc) from exc
-        if self.returning:
-            return cast(int, self._server(lambda cur: cur.fetchone()[0], sql, params))
-        return cast(int, self._server(lambda cur: cur.lastrowid, sql, params))
+                return cast(int, self._sqlite_failed(exc, _LASTROWID, sql, params))
+        return cast(int, self._server(_RETURNED_ID if self.returning else _LASTROWID, sql, params))
 
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        """Run one statement for many parameter rows (inside the caller's transaction)."""
-        with self.session() as conn:
-            try:
-                cursor = conn.cursor()
-                cursor.executemany(sql, rows)
-                cursor.close()
-            except Exception as exc:
-                raise translate(exc) from exc
+    def _sqlite_failed(self, exc: Exception, result: Callable[[Any], T], sql: str,
+                       params: Sequence[Any]) -> T:
+        """Handle a failed SQLite statement: outside a transaction a statement is its
+        own lock acquisition, so a busy one is retried; anything else is raised."""
+        if is_busy(exc) and not self.database.in_transaction():
+            return self._retry_locked(lambda: result(self._state.conn.execute(sql, params)),
+                                      failed=exc)
+        raise translate(exc) from exc
 
     def _server(self, result: Callable[[Any], T], sql: str, params: Sequence[Any]) -> T:
+        """Run one statement on a (pooled) server connection; return ``result(cursor)``."""
         with self.session() as conn:
             try:
                 cursor = conn.cursor()
@@ -214,33 +221,48 @@ class Executor:
             except Exception as exc:
                 raise translate(exc) from exc
 
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for many parameter rows (inside the caller's transaction)."""
+        with self.session() as conn:
+            try:
+                cursor = conn.cursor()
+                cursor.executemany(sql, rows)
+                cursor.close()
+            except Exception as exc:
+                raise translate(exc) from exc
+
     # -- the write lock --------------------------------------------------------------
 
-    def _retry_locked(self, operation: Callable[[], T]) -> T:
+    def _retry_locked(self, operation: Callable[[], T],
+                      failed: BaseException | None = None) -> T:
         """Run ``operation``, retrying while SQLite reports busy, a bounded number of times.
 
-        Each attempt already waits up to the connection's busy timeout; between
-        attempts it sleeps a jittered, growing backoff. The bound counts attempts,
-        not clock time, so a frozen clock cannot make it spin forever.
+        At most ``lock_retries + 1`` attempts in all (``failed`` is a first attempt the
+        caller already made). Each attempt waits up to the connection's busy timeout;
+        between attempts a jittered, growing backoff sleeps. The bound counts
+        attempts, not clock time, so a frozen clock cannot make it spin forever.
         """
-        attempt = 0
+        attempts = 0 if failed is None else 1
         while True:
+            if failed is not None:
+                if attempts > self.lock_retries:
+                    raise LockTimeout(
+                        f"could not take the write lock on {self.location} after "
+                        f"{attempts} attempts: {failed}. Another process holds it; "
+                        "raise busy_timeout or find the long transaction."
+                    ) from failed
+                delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**(attempts - 1)) * (
+                    0.5 + random.random())
+                logger.debug("write lock busy on %s (attempt %d), retrying in %.3fs",
+                             self.location, attempts, delay)
+                time.sleep(delay)
             try:
                 return operation()
             except Exception as exc:
                 if not is_busy(exc):
                     raise translate(exc) from exc
-                if attempt >= self.lock_retries:
-                    raise LockTimeout(
-                        f"could not take the write lock on {self.location} after "
-                        f"{attempt + 1} attempts: {exc}. Another process holds it; "
-                        "raise busy_timeout or find the long transaction."
-                    ) from exc
-                delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt) * (0.5 + random.random())
-                attempt += 1
-                logger.debug("write lock busy on %s (attempt %d), retrying in %.3fs",
-                             self.location, attempt, delay)
-                time.sleep(delay)
+                failed = exc
+                attempts += 1
 
     def _lock_key(self, name: str) -> int:
         return zlib.crc32(name.encode()) - 2**31

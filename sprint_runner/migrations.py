@@ -433,6 +433,7 @@ def migrate(executor: Executor, clock: Clock) -> list[int]:
     """
     database = executor.database
     sqlite = executor.backend == "sqlite"
+    executor.connect()  # through the executor, which retries a busy first connection
     applied: list[int] = []
     if sqlite:
         # Must precede BEGIN: SQLite ignores this pragma inside a transaction.
