@@ -47,7 +47,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,13 +148,35 @@ def _close(store: Store | None, report: Report) -> None:
         _note(report, exc)
 
 
+class _Working:
+    """A worker's frame: it counts the error that ends the worker, closes the
+    worker's store and sends the report, so the parent sees every failure."""
+
+    def __init__(self, report: Report, send: Callable[[Report], object],
+                 store: Store | None = None) -> None:
+        self.report, self.send, self.store = report, send, store
+
+    def open(self, target: str) -> Store:
+        self.store = Store(target)
+        return self.store
+
+    def __enter__(self) -> _Working:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is not None:
+            _note(self.report, exc)
+        _close(self.store, self.report)
+        self.send(self.report)
+        return True  # the error travels in the report, surfaced by the parent
+
+
 def _writer(target: str, who: str, batch_id: int, count: int | None, barrier: Any,
             stop: Any, reports: Any) -> None:
     """Call create_event ``count`` times (or until ``stop``); report ids and latencies."""
     report = _report(who)
-    store = None
-    try:
-        store = Store(target)
+    with _Working(report, reports.put) as working:
+        store = working.open(target)
         if barrier is not None:
             barrier.wait(START_TIMEOUT)
         report["start"] = time.monotonic()
@@ -169,11 +191,6 @@ def _writer(target: str, who: str, batch_id: int, count: int | None, barrier: An
                 _note(report, exc)
             latencies.append(time.perf_counter() - began)
         report["end"] = time.monotonic()
-    except BaseException as exc:  # noqa: BLE001 - surfaced in the parent
-        _note(report, exc)
-    finally:
-        _close(store, report)
-        reports.put(report)
 
 
 def _page_through(store: Store, batch_id: int, newest_first: bool) -> tuple[list[int], int]:
@@ -200,9 +217,8 @@ def _reader(target: str, batch_id: int, barrier: Any, stop: Any, reports: Any) -
         if len(report["messages"]) < SHOWN_ERRORS:
             report["messages"].append(f"reader: {text}")
 
-    store = None
-    try:
-        store = Store(target)
+    with _Working(report, reports.put) as working:
+        store = working.open(target)
         barrier.wait(START_TIMEOUT)
         previous: set[int] = set()
         newest_first = True
@@ -229,11 +245,6 @@ def _reader(target: str, batch_id: int, barrier: Any, stop: Any, reports: Any) -
             if last:
                 report["final"] = len(ids)
                 break
-    except BaseException as exc:  # noqa: BLE001 - surfaced in the parent
-        _note(report, exc)
-    finally:
-        _close(store, report)
-        reports.put(report)
 
 
 def _incrementer(target: str, who: str, batch_id: int, count: int, locked: bool,
@@ -242,9 +253,8 @@ def _incrementer(target: str, who: str, batch_id: int, count: int, locked: bool,
     (without a transaction unless ``locked``: the control that must lose updates)."""
     report = _report(who)
     report["read"] = []
-    store = None
-    try:
-        store = Store(target)
+    with _Working(report, reports.put) as working:
+        store = working.open(target)
         barrier.wait(START_TIMEOUT)
         report["start"] = time.monotonic()
         for _ in range(count):
@@ -255,11 +265,6 @@ def _incrementer(target: str, who: str, batch_id: int, count: int, locked: bool,
                 _note(report, exc)
             report["latencies"].append(time.perf_counter() - began)
         report["end"] = time.monotonic()
-    except BaseException as exc:  # noqa: BLE001 - surfaced in the parent
-        _note(report, exc)
-    finally:
-        _close(store, report)
-        reports.put(report)
 
 
 def _increment(store: Store, batch_id: int, locked: bool = True) -> int:
@@ -276,20 +281,14 @@ def _increment(store: Store, batch_id: int, locked: bool = True) -> int:
 def _opener(target: str, who: str, barrier: Any, reports: Any) -> None:
     """Open a store (creating the schema if nobody has yet) and write one event."""
     report = _report(who)
-    store = None
-    try:
+    with _Working(report, reports.put) as working:
         barrier.wait(START_TIMEOUT)
         report["start"] = time.monotonic()
-        store = Store(target)
+        store = working.open(target)
         batch_id = store.create_batch(1)
         report["ids"].append(store.create_event(*_event_args(batch_id, who, 0)))
         report["batch"] = batch_id
         report["end"] = time.monotonic()
-    except BaseException as exc:  # noqa: BLE001 - surfaced in the parent
-        _note(report, exc)
-    finally:
-        _close(store, report)
-        reports.put(report)
 
 
 def _victim(path: str, batch_id: int, sender: Any) -> None:
@@ -725,7 +724,7 @@ def prove_threads(target: str, threads: int, events: int, increments: int, *,
 
     def work(who: str) -> None:
         report = _report(who)
-        try:
+        with _Working(report, reports.append, store):
             barrier.wait(START_TIMEOUT)
             report["start"] = time.monotonic()
             for seq in range(events):
@@ -741,11 +740,6 @@ def prove_threads(target: str, threads: int, events: int, increments: int, *,
                     _increment(store, batch_id)
                 except Exception as exc:  # noqa: BLE001 - every error is counted
                     _note(report, exc)
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
-            _note(report, exc)
-        finally:
-            _close(store, report)
-            reports.append(report)
 
     workers = [threading.Thread(target=work, args=(f"t{i}",), name=f"t{i}")
                for i in range(threads)]
