@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sqlite3
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -82,6 +83,23 @@ def sqlite_pragmas(busy_timeout: float, synchronous: str) -> list[tuple[str, Any
         ("cache_size", -SQLITE_CACHE_KIB),
         ("journal_size_limit", SQLITE_JOURNAL_SIZE_LIMIT),
     ]
+
+
+def copy_sqlite_file(source: str, dest: str, *, busy_timeout: float) -> None:
+    """Copy a live SQLite database to ``dest`` with SQLite's online backup API.
+
+    One step (all pages at once) reads one consistent snapshot, so writers in
+    other processes may go on meanwhile (in WAL mode they are never blocked).
+    """
+    src = sqlite3.connect(source, timeout=busy_timeout)
+    try:
+        copy = sqlite3.connect(dest)
+        try:
+            src.backup(copy)
+        finally:
+            copy.close()
+    finally:
+        src.close()
 
 
 def _check_options(busy_timeout: float, synchronous: str, pool_size: int) -> str:

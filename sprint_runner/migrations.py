@@ -30,10 +30,11 @@ import peewee
 from playhouse.migrate import SchemaMigrator
 
 from .clock import Clock
-from .connect import backend_of
+from .connect import backend_of, copy_sqlite_file
 from .errors import LockTimeout, SchemaError
 from .executor import _MIGRATION_LOCK, Executor, is_busy
 from .models import INDEXES, MODELS, BaseModel, SchemaMigration
+from .statements import Slot, compile_query
 
 logger = logging.getLogger("sprint_runner")
 
@@ -372,10 +373,6 @@ def read_state(database: peewee.Database, location: str) -> SchemaState:
         database.quote)
 
 
-def _quoted(database: peewee.Database, name: str) -> str:
-    return name.join(database.quote)
-
-
 # -- applying ----------------------------------------------------------------------------
 
 def pending_migrations(state: SchemaState) -> list[Migration]:
@@ -385,13 +382,12 @@ def pending_migrations(state: SchemaState) -> list[Migration]:
 
 def _stamp(database: peewee.Database, migrations: Sequence[Migration], now: int) -> None:
     create_table(database, SchemaMigration)
-    table = _quoted(database, _MIGRATIONS_TABLE)
-    p = database.param
+    insert = compile_query(database, SchemaMigration.insert({
+        SchemaMigration.version: Slot("version"), SchemaMigration.name: Slot("name"),
+        SchemaMigration.applied_at: Slot("applied_at")}),
+        expect=("version", "name", "applied_at"))
     for m in migrations:
-        database.execute_sql(
-            f"INSERT INTO {table} ({_quoted(database, 'version')}, {_quoted(database, 'name')}, "
-            f"{_quoted(database, 'applied_at')}) VALUES ({p}, {p}, {p})",
-            (m.version, m.name, now))
+        database.execute_sql(insert.sql, (m.version, m.name, now))
 
 
 def _backup_path(path: str, version: int) -> str:
@@ -408,18 +404,10 @@ def _backup_path(path: str, version: int) -> str:
         return candidate
 
 
-def backup_sqlite_file(path: str, version: int) -> str:
+def backup_sqlite_file(path: str, version: int, busy_timeout: float) -> str:
     """Copy a SQLite file to ``<path>.bak-v<version>`` (never overwriting); return the copy."""
     dest = _backup_path(path, version)
-    source = sqlite3.connect(path)
-    try:
-        target = sqlite3.connect(dest)
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-    finally:
-        source.close()
+    copy_sqlite_file(path, dest, busy_timeout=busy_timeout)
     logger.warning("backed up %s to %s before migrating it from schema version %d",
                    path, dest, version)
     return dest
@@ -451,7 +439,7 @@ def migrate(executor: Executor, clock: Clock) -> list[int]:
                             LATEST_VERSION)
                 return [m.version for m in todo]
             if sqlite and state.has_data:
-                backup_sqlite_file(str(database.database), state.version)
+                backup_sqlite_file(str(database.database), state.version, executor.busy_timeout)
             for step in todo:
                 # MySQL commits at every DDL statement, which ends any savepoint.
                 with nullcontext() if executor.backend == "mysql" else database.atomic():

@@ -22,7 +22,7 @@ import peewee
 
 from . import migrations
 from .clock import Clock, system_clock
-from .connect import DEFAULT_BUSY_TIMEOUT, DEFAULT_POOL_SIZE, open_database
+from .connect import DEFAULT_BUSY_TIMEOUT, DEFAULT_POOL_SIZE, copy_sqlite_file, open_database
 from .executor import DEFAULT_LOCK_RETRIES, Executor
 from .models import (
     COMMAND_STATUSES,
@@ -849,15 +849,8 @@ class Store:
         part = f"{target}.part-{os.getpid()}"
         try:
             if self.backend == "sqlite":
-                source = sqlite3.connect(str(self.database.database), timeout=self._x.busy_timeout)
-                try:
-                    copy = sqlite3.connect(part)
-                    try:
-                        source.backup(copy)  # pages=-1: one step, one consistent snapshot
-                    finally:
-                        copy.close()
-                finally:
-                    source.close()
+                copy_sqlite_file(str(self.database.database), part,
+                                 busy_timeout=self._x.busy_timeout)
             else:
                 self._copy_to_sqlite(part)
             os.link(part, target)  # fails rather than overwrite a file that appeared meanwhile
