@@ -21,13 +21,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any, NamedTuple
-from urllib.parse import unquote, urlsplit
 
 import peewee
 
 from . import __version__, db
 from .clock import system_clock
-from .connect import backend_of, describe, is_url, mask_url, open_database
+from .connect import backend_of, describe, mask_secrets, mask_url, open_database
 from .store import EVENT_COLUMNS, MAX_PAGE, Row, Store
 
 PROG = "sprint-runner-db"
@@ -209,15 +208,8 @@ def _target(args: argparse.Namespace) -> str:
 
 
 def _scrub(text: str, target: str) -> str:
-    """Remove the password of ``target`` (a URL) from ``text``."""
-    if not is_url(target):
-        return text
-    text = text.replace(target, mask_url(target))
-    password = urlsplit(target).password
-    if password:
-        for secret in {password, unquote(password)}:
-            text = text.replace(secret, "***")
-    return text
+    """Mask the passwords in ``text``: of ``target``, of any URL, of ``password=`` pairs."""
+    return mask_secrets(text, target)
 
 
 @contextmanager

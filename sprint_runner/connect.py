@@ -5,8 +5,10 @@ import importlib.util
 import os
 import re
 import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import peewee
 from playhouse.pool import PooledMySQLDatabase, PooledPostgresqlDatabase
@@ -29,6 +31,19 @@ _DRIVERS = {
     "mysql": (("pymysql",), "sprint-runner[mysql]"),
 }
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# C0 controls and DEL: urlsplit silently drops some of them, SQLite would not.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+_UNPRINTABLE_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# A query field whose name says it holds a secret (password, passwd, sslpassword, ...).
+_SECRET_FIELD_RE = re.compile(r"([?&;][^=&?#;]*pass[^=&?#;]*=)[^&#]*", re.IGNORECASE)
+_URL_IN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
+# A password in a connection string (password=...) or a dict's repr ('password': ...).
+_SECRET_PAIR_RE = re.compile(
+    r"""(\b\w*pass\w*\s*=\s*|['"]\w*pass\w*['"]\s*:\s*)"""
+    r"""(b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*"|[^\s&,;)}]+)""",
+    re.IGNORECASE)
+_MAX_SECONDS = 31_536_000  # one year: PyMySQL's own bound for connect_timeout
 
 
 def is_url(target: str) -> bool:
@@ -36,16 +51,140 @@ def is_url(target: str) -> bool:
     return bool(_URL_RE.match(target))
 
 
+def _printable(text: str) -> str:
+    """``text`` with controls and lone surrogates as escapes, safe to print and encode."""
+    return _UNPRINTABLE_RE.sub(
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+def _is_secret_key(key: str) -> bool:
+    return "pass" in key.lower()
+
+
+def _mask_unparsed(target: str) -> str:
+    """Mask a URL that does not parse: password-like query values, then everything
+    between ``://`` and the last ``@`` (where the user and password would be)."""
+    scheme, sep, rest = target.partition("://")
+    rest = _SECRET_FIELD_RE.sub(r"\1***", rest)
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return _printable(scheme + sep + rest)
+
+
+def _mask_rest(rest: str) -> str:
+    """Mask what follows a URL's host: password-like query values and any fragment."""
+    rest, hash_, fragment = rest.partition("#")
+    path, question, query = rest.partition("?")
+    fields = []
+    for field_ in query.split("&") if question else ():
+        key, eq, _ = field_.partition("=")
+        secret = eq and _is_secret_key(unquote(key.replace("+", " ")))
+        fields.append(f"{key}=***" if secret else field_)
+    masked = path + question + "&".join(fields)
+    return masked + (hash_ + "***" if fragment else hash_)
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    """A database URL taken apart by :func:`parse_url`; ``masked`` is safe to show."""
+
+    scheme: str
+    user: str | None
+    password: str | None = field(repr=False)
+    host: str | None
+    port: int | None
+    path: str
+    """The path as written (still percent-encoded), from its leading ``/``."""
+    query: tuple[tuple[str, str], ...]
+    """The query's ``(key, value)`` pairs, decoded, in order, repeats kept."""
+    has_authority: bool
+    """Whether anything (a user, a host, a port) sits between ``//`` and the path."""
+    has_fragment: bool
+    masked: str
+    """The URL with the password and password-like query values replaced by ``***``."""
+
+    @property
+    def backend(self) -> str | None:
+        """``"sqlite"``, ``"postgresql"``, ``"mysql"``, or None for another scheme."""
+        return _SCHEMES.get(self.scheme)
+
+
+def parse_url(target: str) -> DatabaseURL:
+    """Take a ``scheme://...`` database URL apart; raise ``ValueError`` if it does not parse.
+
+    Every message names the problem and shows the URL masked. A URL that does not
+    parse (a lone surrogate or a control character, a malformed host or port, an
+    ``@`` after the host, which is what a password holding an unencoded ``/``, ``?``
+    or ``#`` looks like) is shown with everything between ``://`` and its last
+    ``@`` masked.
+    """
+    if not is_url(target):
+        raise ValueError(f"not a database URL (scheme://...): {_mask_unparsed(target)}")
+    bad = _SURROGATE_RE.search(target)
+    if bad:
+        raise ValueError(f"database URL is not valid text (a lone surrogate, "
+                         f"\\u{ord(bad[0]):04x}, at position {bad.start()}): "
+                         f"{_mask_unparsed(target)}")
+    bad = _CONTROL_RE.search(target)
+    if bad:
+        raise ValueError(f"database URL holds a control character (\\x{ord(bad[0]):02x}) at "
+                         f"position {bad.start()}: {_mask_unparsed(target)}")
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        # urlsplit's own messages may quote the host part, password and all.
+        raise ValueError(f"database URL has a bad host: {_mask_unparsed(target)}") from None
+    scheme_end = len(parts.scheme) + len("://")
+    rest = target[scheme_end + len(parts.netloc):]
+    if "@" in rest and (parts.netloc or _SCHEMES.get(parts.scheme) != "sqlite"):
+        raise ValueError(
+            "database URL has an '@' after the host: percent-encode a '/', '?' or '#' "
+            f"in the password (%2F, %3F, %23) and an '@' after the host (%40): "
+            f"{_mask_unparsed(target)}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"database URL has a bad port: {_mask_unparsed(target)}") from None
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at and parts.password is not None:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostinfo}"
+    query = tuple(
+        (unquote(key.replace("+", " ")), unquote(value.replace("+", " ")))
+        for key, _, value in (f.partition("=") for f in parts.query.split("&") if f))
+    return DatabaseURL(
+        scheme=parts.scheme, user=None if parts.username is None else unquote(parts.username),
+        password=None if parts.password is None else unquote(parts.password),
+        host=parts.hostname, port=port, path=parts.path, query=query,
+        has_authority=bool(parts.netloc), has_fragment=bool(parts.fragment),
+        masked=f"{parts.scheme}://{netloc}{_mask_rest(rest)}")
+
+
 def mask_url(target: str) -> str:
-    """Return ``target`` with any password replaced by ``***`` (paths unchanged)."""
+    """Return ``target`` with any password replaced by ``***`` (paths unchanged).
+
+    Never raises: a URL that does not parse is masked from ``://`` to its last ``@``.
+    """
     if not is_url(target):
         return target
-    parts = urlsplit(target)
-    if parts.password is None:
-        return target
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+    try:
+        return parse_url(target).masked
+    except ValueError:
+        return _mask_unparsed(target)
+
+
+def mask_secrets(text: str, target: str | None = None) -> str:
+    """Return ``text`` (an error message, a log line) with passwords masked.
+
+    Structural, never by searching for the password itself (a password ``1`` must
+    not turn ``127.0.0.1`` into ``***27.0.0.***``): the URL ``target`` as written
+    becomes its masked form, so does any other URL in ``text``, and so does the
+    value of any ``password=...``-like pair (a driver's connection string).
+    """
+    if target is not None and is_url(target):
+        text = text.replace(target, mask_url(target))
+    text = _URL_IN_TEXT_RE.sub(lambda m: mask_url(m[0]), text)
+    return _SECRET_PAIR_RE.sub(r"\1***", text)
 
 
 def backend_of(database: peewee.Database) -> str:
@@ -68,6 +207,7 @@ def describe(database: peewee.Database) -> str:
     user = params.get("user")
     host = params.get("host", "localhost")
     port = params.get("port")
+    host = f"[{host}]" if ":" in str(host) else host  # an IPv6 address
     where = f"{host}:{port}" if port else str(host)
     auth = f"{user}:***@" if params.get("password") else (f"{user}@" if user else "")
     return f"{backend}://{auth}{where}/{database.database}"
@@ -125,27 +265,159 @@ def _require_driver(backend: str) -> None:
         )
 
 
-def _server_params(target: str) -> tuple[str, dict[str, Any]]:
-    parts = urlsplit(target)
-    name = unquote(parts.path.lstrip("/"))
+# -- URL options: what each backend's driver may be told through a URL ------------------
+
+def _whole_seconds(minimum: int) -> Callable[[str, str], int]:
+    def convert(key: str, text: str) -> int:
+        if not re.fullmatch(r"[0-9]{1,9}", text) or not minimum <= int(text) <= _MAX_SECONDS:
+            raise ValueError(f"database URL option {key!r} must be whole seconds from "
+                             f"{minimum} to {_MAX_SECONDS}, not {_shown(text)}")
+        return int(text)
+    return convert
+
+
+def _seconds(key: str, text: str) -> int | float:
+    if not re.fullmatch(r"[0-9]{1,9}(?:\.[0-9]{1,6})?", text) or not (
+            0 < float(text) <= _MAX_SECONDS):
+        raise ValueError(f"database URL option {key!r} must be seconds > 0 and <= "
+                         f"{_MAX_SECONDS} (e.g. 30 or 2.5), not {_shown(text)}")
+    return int(text) if text.isdigit() else float(text)
+
+
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def convert(key: str, text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"database URL option {key!r} must be one of "
+                             f"{', '.join(choices)}; not {_shown(text)}")
+        return text
+    return convert
+
+
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False}
+
+
+def _flag(key: str, text: str) -> bool:
+    value = _BOOLEANS.get(text.lower())
+    if value is None:
+        raise ValueError(f"database URL option {key!r} must be true or false, not {_shown(text)}")
+    return value
+
+
+def _text(key: str, text: str) -> str:
+    if not text:
+        raise ValueError(f"database URL option {key!r} must not be empty")
+    return text
+
+
+def _file(*special: str) -> Callable[[str, str], str]:
+    def convert(key: str, text: str) -> str:
+        if text not in special and not os.path.isfile(text):
+            raise ValueError(f"database URL option {key!r} names no file: {_shown(text)}")
+        return text
+    return convert
+
+
+def _shown(text: str) -> str:
+    return repr(_printable(text if len(text) <= 60 else text[:60] + "..."))
+
+
+# The TLS and timeout settings each driver documents, converted to the type it expects.
+# Nothing that runs SQL (init_command, options), reads local files into the database
+# (local_infile) or elsewhere (read_default_file, passfile) or changes the protocol
+# (client_flag): a URL travels through environment variables and config files.
+_URL_OPTIONS: dict[str, dict[str, Callable[[str, str], Any]]] = {
+    "postgresql": {  # libpq connection parameters, passed through psycopg
+        "sslmode": _choice("disable", "allow", "prefer", "require", "verify-ca",
+                           "verify-full"),
+        "sslrootcert": _file("system"),
+        "sslcert": _file(),
+        "sslkey": _file(),
+        "sslcrl": _file(),
+        "connect_timeout": _whole_seconds(0),
+        "application_name": _text,
+    },
+    "mysql": {  # keyword arguments of pymysql.connect()
+        "ssl_ca": _file(),
+        "ssl_cert": _file(),
+        "ssl_key": _file(),
+        "ssl_verify_cert": _flag,
+        "ssl_verify_identity": _flag,
+        "ssl_disabled": _flag,
+        "connect_timeout": _whole_seconds(1),
+        "read_timeout": _seconds,
+        "write_timeout": _seconds,
+    },
+}
+
+
+def _url_options(url: DatabaseURL, backend: str) -> dict[str, Any]:
+    allowed = _URL_OPTIONS[backend]
+    unknown = [key for key, _ in url.query if key not in allowed]
+    if unknown:
+        raise ValueError(
+            f"database URL option{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(_printable(k)) for k in dict.fromkeys(unknown))} not allowed for "
+            f"{backend} (allowed: {', '.join(allowed)}): {url.masked}")
+    options: dict[str, Any] = {}
+    for key, value in url.query:
+        if key in options:
+            raise ValueError(f"database URL repeats the option {key!r}: {url.masked}")
+        options[key] = allowed[key](key, value)
+    return options
+
+
+def _server_params(url: DatabaseURL, backend: str) -> tuple[str, dict[str, Any]]:
+    name = unquote(url.path.lstrip("/"))
     if not name:
-        raise ValueError(f"database URL names no database: {mask_url(target)}")
+        raise ValueError(f"database URL names no database: {url.masked}")
     params: dict[str, Any] = {}
-    if parts.username:
-        params["user"] = unquote(parts.username)
-    if parts.password:
-        params["password"] = unquote(parts.password)
-    if parts.hostname:
-        params["host"] = parts.hostname
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"database URL has a bad port: {mask_url(target)}") from None
-    if port:
-        params["port"] = port
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        params[key] = int(value) if value.isdigit() else value
+    if url.user:
+        params["user"] = url.user
+    if url.password:
+        params["password"] = url.password
+    if url.host:
+        params["host"] = url.host
+    if url.port:
+        params["port"] = url.port
+    params.update(_url_options(url, backend))
     return name, params
+
+
+def _sqlite_path(url: DatabaseURL) -> str:
+    if url.has_authority:
+        raise ValueError("a sqlite URL must not name a user or host: use "
+                         f"sqlite:///relative/path or sqlite:////absolute/path, not {url.masked}")
+    if url.query:
+        keys = ", ".join(repr(_printable(k)) for k in dict.fromkeys(k for k, _ in url.query))
+        raise ValueError(f"a sqlite URL takes no options (got {keys}): {url.masked}")
+    path = unquote(url.path)[1:]
+    if not path:
+        raise ValueError(f"sqlite URL names no file: {url.masked}")
+    return path
+
+
+def _check_sqlite_path(path: str) -> None:
+    """Refuse a path SQLite would read as something else, or cannot open as a file."""
+    bad = _SURROGATE_RE.search(path)
+    if bad:
+        raise ValueError(f"database path is not valid UTF-8 text (a lone surrogate, "
+                         f"\\u{ord(bad[0]):04x}, at position {bad.start()}): "
+                         f"{_printable(path)}")
+    if "\x00" in path:
+        raise ValueError(f"database path holds a NUL character: {_printable(path)}")
+    if path.startswith("file:"):
+        # SQLite reads it as a URI (mode=, vfs=, ...), naming a file other than this path.
+        raise ValueError(
+            f"{_printable(path)} is an SQLite URI; pass a plain path instead (the file's "
+            "path without 'file:', or ./file:... for a file whose name starts so)")
+    if path == ":memory:":
+        raise ValueError(
+            "in-memory SQLite is not supported: every thread would see its own "
+            "empty database; use a file (a temporary one in tests)"
+        )
+    if os.path.isdir(path):
+        raise ValueError(f"{_printable(path)} is a directory, not a database file")
 
 
 def open_database(target: str | os.PathLike[str] | peewee.Database, *,
@@ -158,7 +430,9 @@ def open_database(target: str | os.PathLike[str] | peewee.Database, *,
     ``sqlite:////absolute/path``, ``postgresql://user:pass@host:port/db`` or
     ``mysql://user:pass@host:port/db``. Server databases are pooled (at most
     ``pool_size`` connections); SQLite gets WAL, the chosen ``synchronous`` level,
-    foreign keys and a ``busy_timeout`` in seconds on every connection.
+    foreign keys and a ``busy_timeout`` in seconds on every connection. A server URL's
+    query may hold only its backend's TLS and timeout options (``_URL_OPTIONS``); a
+    ``sqlite:`` URL none. Bad input raises ``ValueError`` with any password masked.
     """
     level = _check_options(busy_timeout, synchronous, pool_size)
     if isinstance(target, peewee.Database):
@@ -178,20 +452,21 @@ def open_database(target: str | os.PathLike[str] | peewee.Database, *,
     if not target:
         raise ValueError("database path must not be empty")
     if is_url(target):
-        scheme = urlsplit(target).scheme.lower()
-        backend = _SCHEMES.get(scheme)
+        url = parse_url(target)
+        backend = url.backend
+        if url.scheme == "file":
+            raise ValueError(f"{url.masked} is an SQLite URI; pass a plain path instead")
         if backend is None:
             raise ValueError(
-                f"unsupported database URL scheme {scheme!r} in {mask_url(target)}; "
+                f"unsupported database URL scheme {url.scheme!r} in {url.masked}; "
                 "use sqlite:///, postgresql:// or mysql://"
             )
+        if url.has_fragment:
+            raise ValueError(f"a database URL takes no #fragment: {url.masked}")
         if backend == "sqlite":
-            path = unquote(urlsplit(target).path)[1:]
-            if not path:
-                raise ValueError(f"sqlite URL names no file: {target}")
-            target = path
+            target = _sqlite_path(url)
         else:
-            name, params = _server_params(target)
+            name, params = _server_params(url, backend)
             _require_driver(backend)
             pool = {"max_connections": pool_size, "stale_timeout": 300,
                     "timeout": max(busy_timeout, 1)}
@@ -200,14 +475,15 @@ def open_database(target: str | os.PathLike[str] | peewee.Database, *,
             # LONGTEXT: MySQL's TEXT stops at 64 KiB where SQLite and PostgreSQL do not.
             # FOUND_ROWS (client flag 2): UPDATE reports rows matched, as SQLite and
             # PostgreSQL do, not only rows whose values changed.
-            params.setdefault("client_flag", 2)
+            params["client_flag"] = 2
+            password = params.get("password", "")
+            if any(ord(c) > 0xFF for c in password):
+                # PyMySQL encodes a str password as latin-1, failing with an error that
+                # quotes a character of it; as UTF-8 it is what a UTF-8 client sends.
+                params["password"] = password.encode("utf-8")
             return cast(peewee.Database, PooledMySQLDatabase(
                 name, field_types={"TEXT": "LONGTEXT"}, charset="utf8mb4", **pool, **params))
-    if target == ":memory:" or target.startswith("file::memory:"):
-        raise ValueError(
-            "in-memory SQLite is not supported: every thread would see its own "
-            "empty database; use a file (a temporary one in tests)"
-        )
+    _check_sqlite_path(target)
     return peewee.SqliteDatabase(
         target, pragmas=sqlite_pragmas(busy_timeout, level), timeout=busy_timeout
     )

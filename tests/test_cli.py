@@ -323,6 +323,62 @@ def test_password_is_masked_in_errors(capsys: pytest.CaptureFixture[str]) -> Non
         assert "alice:***@" in out + err or "driver" in err
 
 
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:S3cret@127.0.0.1:1/x?password=S3cret",
+    "postgresql://u@127.0.0.1:1/x?password=S3cret",
+    "mysql://u:S3cret@127.0.0.1:1/x?passwd=S3cret",
+    "mysql://u@127.0.0.1:1/x?passwd=S3cret",
+    "postgresql://postgres:ab/S3cret@127.0.0.1/db",
+    "postgresql://u:S3cret@[::1:5432/x",
+    "postgresql://u:S3cret@127.0.0.1:1/x" + chr(0xD800),
+    "sqlite://u:S3cret@/",
+])
+@pytest.mark.parametrize("argv", [["status"], ["doctor"], ["--json", "doctor"], ["init"]])
+def test_password_never_printed_for_bad_urls(capsys: pytest.CaptureFixture[str], url: str,
+                                             argv: list[str]) -> None:
+    code, out, err = run(capsys, "--db", url, *argv)
+    assert (code, out) == (1, "")
+    assert err.startswith("sprint-runner-db: error: ") and err.count("\n") == 1
+    assert "S3cret" not in err
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:1@127.0.0.1:1/x",
+                                 "mysql://root:1@127.0.0.1:1/x"])
+def test_short_password_leaves_the_rest_of_the_message_alone(
+        capsys: pytest.CaptureFixture[str], url: str) -> None:
+    pytest.importorskip("psycopg2" if url.startswith("postgresql") else "pymysql")
+    code, out, err = run(capsys, "--db", url, "status")
+    assert (code, out) == (1, "")
+    assert err.startswith(f"sprint-runner-db: error: {url.replace(':1@', ':***@')}: ")
+    assert "127.0.0.1" in err.split(": ", 2)[2]  # the driver's own words, intact
+    assert "***27" not in err and "0.0.***" not in err
+
+
+@pytest.mark.parametrize(("query", "named"), [
+    ("init_command=DROP%20TABLE%20events", "'init_command'"),
+    ("local_infile=1", "'local_infile'"),
+    ("client_flag=65536", "'client_flag'"),
+    ("bogus=1", "'bogus'"),
+    ("connect_timeout=1&connect_timeout=2", "repeats the option 'connect_timeout'"),
+])
+def test_url_options_outside_the_allowlist_are_one_line_errors(
+        capsys: pytest.CaptureFixture[str], query: str, named: str) -> None:
+    code, out, err = run(capsys, "--db", f"mysql://root:S3cret@127.0.0.1:1/x?{query}", "status")
+    assert (code, out) == (1, "")
+    assert named in err and err.count("\n") == 1 and "S3cret" not in err
+
+
+def test_directory_as_database_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Any,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for argv in (["status"], ["init"], ["doctor"]):
+        code, out, err = run(capsys, "--db", ".", *argv)
+        assert (code, out, err) == (
+            1, "", "sprint-runner-db: error: . is a directory, not a database file\n")
+    assert os.listdir(tmp_path) == []
+
+
 # -- init, migrate ------------------------------------------------------------------------
 
 def test_init(capsys: pytest.CaptureFixture[str], db_target: str) -> None:
