@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 import peewee
 
-from . import __version__, db
+from . import __version__, db, files
 from .clock import system_clock
 from .connect import backend_of, describe, is_url, mask_url, open_database
 from .store import EVENT_COLUMNS, MAX_PAGE, Row, Store
@@ -45,6 +45,15 @@ _sleep: Callable[[float], None] = time.sleep
 
 class CommandError(Exception):
     """A problem reported as one line on stderr, with exit status 1."""
+
+    status = 1
+
+
+class UsageError(CommandError):
+    """An argument that is wrong whatever is on the disk (the database itself as the file
+    to write to): one line on stderr, like a problem, but exit status 2."""
+
+    status = 2
 
 
 # -- parsing times ------------------------------------------------------------------------
@@ -257,6 +266,25 @@ def _require_current(store: Store) -> None:
         f"{store.location} is at schema version {version} and needs "
         f"{_plural(len(pending), 'migration')} ({', '.join(str(v) for v, _ in pending)}); "
         f"run `{PROG} migrate` first")
+
+
+def _check_destination(args: argparse.Namespace, path: str, *, new: bool = False,
+                       what: str) -> None:
+    """Refuse a destination before the database is even opened (the writer checks again)."""
+    try:
+        files.check_destination(path, protect=files.files_of(open_database(_target(args))),
+                                new=new, what=what)
+    except files.RefusedDestination as exc:
+        raise _destination_refused(exc) from None
+
+
+def _destination_refused(exc: files.RefusedDestination) -> CommandError:
+    # The database itself is never a place to write to, whatever is on the disk: a
+    # usage error. Anything else (a symlink, a FIFO, a file that exists) is a problem
+    # found on the disk, as a missing folder or a full disk are.
+    if isinstance(exc, files.DatabaseDestination):
+        return UsageError(str(exc))
+    return CommandError(str(exc))
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -512,6 +540,8 @@ def _write_events(rows: Iterator[Row], out: IO[str], fmt: str,
 def _cmd_export(args: argparse.Namespace) -> int:
     now = system_clock()
     show_progress = sys.stderr.isatty()
+    if args.output is not None:
+        _check_destination(args, args.output, what="output file")
 
     with opened(args) as store:
         filters = _event_filters(args, now)
@@ -527,17 +557,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
             count = _write_events(rows, sys.stdout, args.format, report)
             sys.stdout.flush()
         else:
-            # Written beside FILE, then renamed: FILE is never left half written.
-            part = f"{args.output}.part-{os.getpid()}"
+            # Written privately beside FILE, then renamed over it: FILE is never left
+            # half written, and never is the database, a symlink, a FIFO or a device.
             try:
-                with open(part, "w", encoding="utf-8", newline="") as out:
-                    count = _write_events(rows, out, args.format, report)
-                os.replace(part, args.output)
+                count = files.write_text(
+                    args.output, lambda out: _write_events(rows, out, args.format, report),
+                    protect=files.files_of(store.database), what="output file")
+            except files.RefusedDestination as exc:
+                raise _destination_refused(exc) from None
             except OSError as exc:
                 raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
-            finally:
-                if os.path.exists(part):
-                    os.unlink(part)
     if show_progress:
         sys.stderr.write(f"\rexported {count:,} events\n")
     if args.output is not None:
@@ -594,10 +623,14 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     directory = os.path.dirname(os.path.abspath(args.dest))
     if not os.path.isdir(directory):
         raise CommandError(f"cannot write {args.dest}: no such directory {directory}")
+    _check_destination(args, args.dest, new=True, what="backup destination")
     with opened(args, current=False) as store:
         if store.backend != "sqlite":  # a SQLite file is copied as it is, whatever its version
             _require_current(store)
-        store.backup(args.dest)
+        try:
+            store.backup(args.dest)
+        except files.RefusedDestination as exc:
+            raise _destination_refused(exc) from None
         location = store.location
     size = os.path.getsize(args.dest)
     if args.json:
@@ -918,10 +951,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.setLevel(logging.WARNING)
         handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
         logger.addHandler(handler)
+    status = 1
     try:
         return _COMMANDS[args.command](args)
     except CommandError as exc:
-        message = str(exc)
+        message, status = str(exc), exc.status
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -939,4 +973,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handler is not None:
             logger.removeHandler(handler)
     print(f"{PROG}: error: {_scrub(message, target)}", file=sys.stderr)
-    return 1
+    return status

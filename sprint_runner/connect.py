@@ -86,10 +86,12 @@ def sqlite_pragmas(busy_timeout: float, synchronous: str) -> list[tuple[str, Any
 
 
 def copy_sqlite_file(source: str, dest: str, *, busy_timeout: float) -> None:
-    """Copy a live SQLite database to ``dest`` with SQLite's online backup API.
+    """Copy a live SQLite database into the file ``dest`` with SQLite's online backup API.
 
     One step (all pages at once) reads one consistent snapshot, so writers in
     other processes may go on meanwhile (in WAL mode they are never blocked).
+    ``dest`` should be a temporary from :mod:`sprint_runner.files`, which also keeps
+    the journal SQLite creates beside it out of anyone else's reach.
     """
     src = sqlite3.connect(source, timeout=busy_timeout)
     try:

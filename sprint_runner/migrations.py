@@ -29,6 +29,7 @@ from urllib.request import pathname2url
 import peewee
 from playhouse.migrate import SchemaMigrator
 
+from . import files
 from .clock import Clock
 from .connect import backend_of, copy_sqlite_file
 from .errors import LockTimeout, SchemaError
@@ -390,24 +391,13 @@ def _stamp(database: peewee.Database, migrations: Sequence[Migration], now: int)
         database.execute_sql(insert.sql, (m.version, m.name, now))
 
 
-def _backup_path(path: str, version: int) -> str:
-    base = f"{path}.bak-v{version}"
-    candidate, n = base, 0
-    while True:
-        try:
-            fd = os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            n += 1
-            candidate = f"{base}.{n}"
-            continue
-        os.close(fd)
-        return candidate
-
-
 def backup_sqlite_file(path: str, version: int, busy_timeout: float) -> str:
-    """Copy a SQLite file to ``<path>.bak-v<version>`` (never overwriting); return the copy."""
-    dest = _backup_path(path, version)
-    copy_sqlite_file(path, dest, busy_timeout=busy_timeout)
+    """Copy a SQLite file to ``<path>.bak-v<version>`` (else ``.1``, ``.2``, ...: never
+    overwriting anything); return the copy."""
+    dest = files.create_numbered(
+        f"{path}.bak-v{version}",
+        lambda temporary: copy_sqlite_file(path, temporary, busy_timeout=busy_timeout),
+        protect=[path], beside=files.SQLITE_REPLAYED, what="pre-migration backup")
     logger.warning("backed up %s to %s before migrating it from schema version %d",
                    path, dest, version)
     return dest

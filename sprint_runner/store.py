@@ -20,7 +20,7 @@ from typing import Any
 
 import peewee
 
-from . import migrations
+from . import files, migrations
 from .clock import Clock, system_clock
 from .connect import DEFAULT_BUSY_TIMEOUT, DEFAULT_POOL_SIZE, copy_sqlite_file, open_database
 from .executor import DEFAULT_LOCK_RETRIES, Executor
@@ -840,27 +840,21 @@ class Store:
 
         On SQLite it is an online copy through the backup API, safe while other
         processes write; on a server it is a logical copy from one snapshot. ``dest``
-        must not exist yet (nothing is ever overwritten).
+        must not exist yet (nothing is ever overwritten) and must not be the database
+        or one of its files; the copy is written privately beside it, then linked
+        into place (see :mod:`sprint_runner.files`), readable by its owner only.
         """
         target = os.fspath(dest) if isinstance(dest, os.PathLike) else dest
         check_text("dest", target)
-        if os.path.exists(target):
-            raise ValueError(f"backup destination {target} already exists; choose a new path")
-        part = f"{target}.part-{os.getpid()}"
-        try:
-            if self.backend == "sqlite":
-                copy_sqlite_file(str(self.database.database), part,
-                                 busy_timeout=self._x.busy_timeout)
-            else:
-                self._copy_to_sqlite(part)
-            os.link(part, target)  # fails rather than overwrite a file that appeared meanwhile
-        except FileExistsError:
-            raise ValueError(
-                f"backup destination {target} already exists; choose a new path") from None
-        finally:
-            for leftover in (part, part + "-wal", part + "-shm", part + "-journal"):
-                if os.path.exists(leftover):
-                    os.unlink(leftover)
+        if self.backend == "sqlite":
+            source = str(self.database.database)
+
+            def fill(path: str) -> None:
+                copy_sqlite_file(source, path, busy_timeout=self._x.busy_timeout)
+        else:
+            fill = self._copy_to_sqlite
+        files.create_file(target, fill, protect=files.files_of(self.database),
+                          beside=files.SQLITE_REPLAYED, what="backup destination")
         logger.info("backed up %s to %s", self.location, target)
 
     def _copy_to_sqlite(self, path: str) -> None:

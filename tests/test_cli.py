@@ -6,6 +6,8 @@ import datetime
 import io
 import json
 import os
+import sqlite3
+import stat
 import subprocess
 import sys
 import tracemalloc
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SPECIAL_KINDS, digest, make_special, node_of
 from freezegun import freeze_time
 
 from sprint_runner import Store, cli, db
@@ -630,6 +633,148 @@ def test_export_100k_events_in_bounded_memory(capsys: pytest.CaptureFixture[str]
         f.seek(0)
         assert json.loads(f.readline())["task_id"] == "task-0"
     assert count == n
+
+
+# -- export -o and backup: where a file may be written ----------------------------------------
+
+_WHAT = {"export": "output file", "backup": "backup destination"}
+_KIND_NAMES = {"symlink": "a symbolic link", "dangling-symlink": "a symbolic link",
+               "fifo": "a FIFO", "device": "a character device", "directory": "a directory"}
+
+
+def _write_to(command: str, dest: str) -> list[str]:
+    return ["export", "--format", "csv", "-o", dest] if command == "export" else ["backup", dest]
+
+
+def _files_in(folder: Any) -> dict[str, str | None]:
+    """Every entry of ``folder``: a regular file's sha256, None for anything else."""
+    return {name: digest(os.path.join(folder, name))
+            if os.path.isfile(os.path.join(folder, name))
+            and not os.path.islink(os.path.join(folder, name)) else None
+            for name in sorted(os.listdir(folder))}
+
+
+def _victim_database(path: Any) -> str:
+    """Someone else's SQLite database, which a planted symlink points at."""
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE precious (x); INSERT INTO precious VALUES ('mine');")
+    conn.close()
+    return str(path)
+
+
+def _database_alias(how: str, path: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    folder = os.path.dirname(path)
+    if how == "relative":
+        monkeypatch.chdir(folder)
+        return os.path.basename(path)
+    if how == "symlink":
+        os.symlink(path, os.path.join(folder, "alias.db"))
+        return os.path.join(folder, "alias.db")
+    if how == "hardlink":
+        os.link(path, os.path.join(folder, "hard.db"))
+        return os.path.join(folder, "hard.db")
+    if how in ("-wal", "-shm", "-journal"):
+        return path + how
+    return path
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("command", ["export", "backup"])
+@pytest.mark.parametrize("how", ["path", "relative", "symlink", "hardlink", "-wal", "-shm",
+                                 "-journal"])
+def test_the_database_itself_is_never_written_over(
+        capsys: pytest.CaptureFixture[str], db_target: str, store: Store,
+        sprint: dict[str, int], monkeypatch: pytest.MonkeyPatch, how: str,
+        command: str) -> None:
+    counts = store.table_counts()
+    store.close()
+    dest = _database_alias(how, db_target, monkeypatch)
+    folder = os.path.dirname(db_target)
+    before = _files_in(folder)
+    code, out, err = run(capsys, "--db", db_target, *_write_to(command, dest))
+    # A usage error: no state of the disk makes the database a place to write to.
+    assert (code, out) == (2, "")
+    assert err.startswith(f"sprint-runner-db: error: {_WHAT[command]} {dest} is ")
+    assert "database" in err and err.endswith("; nothing was written\n")
+    assert err.count("\n") == 1
+    assert _files_in(folder) == before
+    check = Store(db_target, migrate=False)
+    try:
+        assert check.table_counts() == counts
+    finally:
+        check.close()
+
+
+@pytest.mark.parametrize("command", ["export", "backup"])
+@pytest.mark.parametrize("kind", SPECIAL_KINDS)
+def test_a_destination_that_is_not_a_regular_file_is_refused(
+        capsys: pytest.CaptureFixture[str], db_target: str, store: Store,
+        sprint: dict[str, int], tmp_path: Any, kind: str, command: str) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "out").mkdir()
+    dest = make_special(kind, tmp_path / "out" / "dest", victim)
+    node, folder = node_of(dest), _files_in(os.path.dirname(dest))
+    code, out, err = run(capsys, "--db", db_target, *_write_to(command, dest))
+    assert (code, out) == (1, "")
+    assert err == (f"sprint-runner-db: error: {_WHAT[command]} {dest} is {_KIND_NAMES[kind]}, "
+                   "not a regular file; nothing was written\n")
+    assert node_of(dest) == node
+    assert _files_in(os.path.dirname(dest)) == folder
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("command", ["export", "backup"])
+def test_a_planted_part_symlink_is_never_followed(
+        capsys: pytest.CaptureFixture[str], db_target: str, store: Store,
+        sprint: dict[str, int], tmp_path: Any, command: str) -> None:
+    victim = _victim_database(tmp_path / "victim.db")
+    victim_bytes = digest(victim)
+    (tmp_path / "out").mkdir()
+    dest = str(tmp_path / "out" / "copy")
+    planted = [f"{dest}.part-{os.getpid()}{side}" for side in ("", "-journal", "-wal", "-shm")]
+    for name in planted:
+        os.symlink(victim, name)
+    code, _, err = run(capsys, "--db", db_target, *_write_to(command, dest))
+    assert (code, err) == (0, "")
+    assert digest(victim) == victim_bytes
+    assert [os.readlink(name) for name in planted] == [victim] * len(planted)
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(
+        [os.path.basename(n) for n in planted] + ["copy"])
+    assert not os.path.islink(dest)
+    if command == "export":
+        with open(dest, encoding="utf-8") as f:
+            assert len(list(csv.reader(f))) == 1 + len(list(store.iter_events()))
+    else:
+        copy = Store(dest, migrate=False)
+        try:
+            assert copy.table_counts() == store.table_counts()
+        finally:
+            copy.close()
+
+
+def test_export_replaces_an_older_export(capsys: pytest.CaptureFixture[str], db_target: str,
+                                         store: Store, sprint: dict[str, int],
+                                         tmp_path: Any) -> None:
+    (tmp_path / "out").mkdir()
+    dest = tmp_path / "out" / "events.jsonl"
+    dest.write_text("last week's export\n")
+    inode = dest.stat().st_ino
+    code, _, err = run(capsys, "--db", db_target, "export", "-o", str(dest))
+    assert (code, err) == (0, "")
+    assert [json.loads(line) for line in dest.read_text().splitlines()] == list(
+        store.iter_events())
+    assert dest.stat().st_ino != inode  # a new file renamed over the old one
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600  # agent output: owner-only
+    assert os.listdir(tmp_path / "out") == ["events.jsonl"]
+
+
+def test_backup_is_owner_only(capsys: pytest.CaptureFixture[str], db_target: str,
+                              store: Store, sprint: dict[str, int], tmp_path: Any) -> None:
+    dest = tmp_path / "backup.db"
+    code, _, err = run(capsys, "--db", db_target, "backup", str(dest))
+    assert (code, err) == (0, "")
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600
 
 
 # -- prune, backup, recover ---------------------------------------------------------------
