@@ -949,24 +949,15 @@ class Store:
         """
         problems: list[str] = []
         if self.backend == "sqlite":
-            rows = self._x.fetchall("PRAGMA integrity_check")
-            problems += [str(r[0]) for r in rows if r[0] != "ok"]
-            problems += [f"foreign key: {tuple(r)}"
-                         for r in self._x.fetchall("PRAGMA foreign_key_check")]
-        pending = self.pending_migrations()
-        if pending:
-            problems.append(f"schema is at version {self.schema_version()}, "
-                            f"{len(pending)} migration(s) pending")
-        return problems
+            problems += migrations.sqlite_integrity_problems(self._x.fetchall)
+        return problems + migrations.schema_problems(
+            migrations.read_state(self.database, self.location))
 
     def storage_info(self) -> dict[str, Any]:
         """Return where the data lives and, for SQLite, the file and WAL sizes in bytes."""
-        info: dict[str, Any] = {"backend": self.backend, "location": self.location}
         if self.backend == "sqlite":
-            path = str(self.database.database)
-            for key, name in (("file_bytes", path), ("wal_bytes", path + "-wal")):
-                info[key] = os.path.getsize(name) if os.path.exists(name) else 0
-        return info
+            return sqlite_storage_info(str(self.database.database))
+        return {"backend": self.backend, "location": self.location}
 
     # -- shared ------------------------------------------------------------------------
 
@@ -980,6 +971,15 @@ class Store:
         columns = tuple(c for c in columns_of(model) if c in values)
         statement = self._q.update(model, columns)
         return self._x.execute(statement.sql, tuple(values[c] for c in columns) + (row_id,))
+
+
+def sqlite_storage_info(path: str) -> dict[str, Any]:
+    """Return :meth:`Store.storage_info` for the SQLite file ``path``, read from the
+    filesystem alone (no connection: the file is not touched)."""
+    info: dict[str, Any] = {"backend": "sqlite", "location": path}
+    for key, name in (("file_bytes", path), ("wal_bytes", path + "-wal")):
+        info[key] = os.path.getsize(name) if os.path.exists(name) else 0
+    return info
 
 
 def _event_row(batch_id: object, story_id: object, command_id: object, epic_id: object,
