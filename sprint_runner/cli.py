@@ -24,10 +24,11 @@ from typing import IO, Any, NamedTuple
 
 import peewee
 
-from . import __version__, db
+from . import __version__, db, files, migrations
 from .clock import system_clock
 from .connect import backend_of, describe, mask_secrets, mask_url, open_database
-from .store import EVENT_COLUMNS, MAX_PAGE, Row, Store
+from .migrations import SchemaState
+from .store import EVENT_COLUMNS, MAX_PAGE, Row, Store, sqlite_storage_info
 
 PROG = "sprint-runner-db"
 
@@ -44,6 +45,15 @@ _sleep: Callable[[float], None] = time.sleep
 
 class CommandError(Exception):
     """A problem reported as one line on stderr, with exit status 1."""
+
+    status = 1
+
+
+class UsageError(CommandError):
+    """An argument that is wrong whatever is on the disk (the database itself as the file
+    to write to): one line on stderr, like a problem, but exit status 2."""
+
+    status = 2
 
 
 # -- parsing times ------------------------------------------------------------------------
@@ -219,36 +229,68 @@ def opened(args: argparse.Namespace, *, create: bool = False, migrate: bool = Fa
 
     Unless ``create``, a SQLite file that does not exist is an error (and is not
     created). ``migrate`` brings the schema up to date; otherwise ``current``
-    refuses a database that still needs migrations.
+    refuses a database that still needs migrations: a SQLite file is refused after a
+    read-only look, before any connection that could change it (WAL mode included).
     """
-    target = _target(args)
-    database = open_database(target)
-    if isinstance(database, peewee.SqliteDatabase) and not create:
-        path = str(database.database)
-        if not os.path.exists(path):
-            raise CommandError(f"{path}: no such database file (create one with "
-                               f"`{PROG} init`, or try `{PROG} --db demo.db demo`)")
+    database = open_database(_target(args))
+    look = _first_look(database, create=create)
+    check = current and not migrate
+    if check and look is not None:
+        _refuse_outdated(describe(database), look)
     store = Store(database, migrate=migrate)
     try:
-        if current and not migrate:
-            _require_current(store)
+        if check and look is None:
+            _refuse_outdated(store.location, migrations.read_state(store.database,
+                                                                   store.location))
         yield store
     finally:
         store.close()
 
 
-def _require_current(store: Store) -> None:
-    pending = store.pending_migrations()
+def _first_look(database: peewee.Database, *, create: bool = False) -> SchemaState | None:
+    """Read a SQLite file's schema state on a read-only connection (None on a server).
+
+    Unless ``create``, a missing file is an error (and is not created).
+    """
+    if not isinstance(database, peewee.SqliteDatabase):
+        return None
+    path = str(database.database)
+    if not create and not os.path.exists(path):
+        raise CommandError(f"{path}: no such database file (create one with "
+                           f"`{PROG} init`, or try `{PROG} --db demo.db demo`)")
+    return migrations.inspect_sqlite_file(path)
+
+
+def _refuse_outdated(location: str, state: SchemaState) -> None:
+    pending = migrations.pending_migrations(state)
     if not pending:
         return
-    version = store.schema_version()
-    if version == 0 and not store.database.get_tables():
-        raise CommandError(f"{store.location} holds no sprint-runner tables; "
+    if state.kind == "fresh":
+        raise CommandError(f"{location} holds no sprint-runner tables; "
                            f"create them with `{PROG} init`")
     raise CommandError(
-        f"{store.location} is at schema version {version} and needs "
-        f"{_plural(len(pending), 'migration')} ({', '.join(str(v) for v, _ in pending)}); "
+        f"{location} is at schema version {state.version} and needs "
+        f"{_plural(len(pending), 'migration')} ({', '.join(str(m.version) for m in pending)}); "
         f"run `{PROG} migrate` first")
+
+
+def _check_destination(args: argparse.Namespace, path: str, *, new: bool = False,
+                       what: str) -> None:
+    """Refuse a destination before the database is even opened (the writer checks again)."""
+    try:
+        files.check_destination(path, protect=files.files_of(open_database(_target(args))),
+                                new=new, what=what)
+    except files.RefusedDestination as exc:
+        raise _destination_refused(exc) from None
+
+
+def _destination_refused(exc: files.RefusedDestination) -> CommandError:
+    # The database itself is never a place to write to, whatever is on the disk: a
+    # usage error. Anything else (a symlink, a FIFO, a file that exists) is a problem
+    # found on the disk, as a missing folder or a full disk are.
+    if isinstance(exc, files.DatabaseDestination):
+        return UsageError(str(exc))
+    return CommandError(str(exc))
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -262,28 +304,17 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace, *, create: bool, dry_run: bool) -> int:
+    if dry_run:
+        return _migrate_dry_run(args)
     with opened(args, create=create, current=False) as store:
         fresh = not store.database.get_tables()
         before = store.schema_version()
-        pending = store.pending_migrations()
-        applied = [] if dry_run else store.migrate()
-        after = before if dry_run else store.schema_version()
+        applied = store.migrate()
+        after = store.schema_version()
         if args.json:
-            result: dict[str, Any] = {
-                "location": store.location, "backend": store.backend,
-                "schema_version": after, "previous_version": before, "applied": applied}
-            if dry_run:
-                result["pending"] = [{"version": v, "name": n} for v, n in pending]
-            _print_json(result)
-            return 0
-        if dry_run:
-            if not pending:
-                print(f"{store.location} is at schema version {before}: up to date")
-            else:
-                print(f"{store.location} is at schema version {before}; "
-                      f"`{PROG} migrate` would apply:")
-                for version, name in pending:
-                    print(f"  {version}  {name}")
+            _print_json({"location": store.location, "backend": store.backend,
+                         "schema_version": after, "previous_version": before,
+                         "applied": applied})
         elif applied and fresh:
             print(f"created {store.location} at schema version {after}")
         elif applied:
@@ -291,6 +322,31 @@ def _migrate(args: argparse.Namespace, *, create: bool, dry_run: bool) -> int:
                   f"(applied {', '.join(str(v) for v in applied)})")
         else:
             print(f"{store.location} is at schema version {after}: up to date")
+    return 0
+
+
+def _migrate_dry_run(args: argparse.Namespace) -> int:
+    database = open_database(_target(args))
+    look = _first_look(database)  # a SQLite file is only read: nothing may change
+    if look is not None:
+        location, backend = describe(database), backend_of(database)
+        version = look.version
+        pending = [(m.version, m.name) for m in migrations.pending_migrations(look)]
+    else:
+        with opened(args, current=False) as store:
+            location, backend = store.location, store.backend
+            version = store.schema_version()
+            pending = store.pending_migrations()
+    if args.json:
+        _print_json({"location": location, "backend": backend, "schema_version": version,
+                     "previous_version": version, "applied": [],
+                     "pending": [{"version": v, "name": n} for v, n in pending]})
+    elif not pending:
+        print(f"{location} is at schema version {version}: up to date")
+    else:
+        print(f"{location} is at schema version {version}; `{PROG} migrate` would apply:")
+        for v, name in pending:
+            print(f"  {v}  {name}")
     return 0
 
 
@@ -504,6 +560,8 @@ def _write_events(rows: Iterator[Row], out: IO[str], fmt: str,
 def _cmd_export(args: argparse.Namespace) -> int:
     now = system_clock()
     show_progress = sys.stderr.isatty()
+    if args.output is not None:
+        _check_destination(args, args.output, what="output file")
 
     with opened(args) as store:
         filters = _event_filters(args, now)
@@ -519,17 +577,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
             count = _write_events(rows, sys.stdout, args.format, report)
             sys.stdout.flush()
         else:
-            # Written beside FILE, then renamed: FILE is never left half written.
-            part = f"{args.output}.part-{os.getpid()}"
+            # Written privately beside FILE, then renamed over it: FILE is never left
+            # half written, and never is the database, a symlink, a FIFO or a device.
             try:
-                with open(part, "w", encoding="utf-8", newline="") as out:
-                    count = _write_events(rows, out, args.format, report)
-                os.replace(part, args.output)
+                count = files.write_text(
+                    args.output, lambda out: _write_events(rows, out, args.format, report),
+                    protect=files.files_of(store.database), what="output file")
+            except files.RefusedDestination as exc:
+                raise _destination_refused(exc) from None
             except OSError as exc:
                 raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
-            finally:
-                if os.path.exists(part):
-                    os.unlink(part)
     if show_progress:
         sys.stderr.write(f"\rexported {count:,} events\n")
     if args.output is not None:
@@ -586,10 +643,15 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     directory = os.path.dirname(os.path.abspath(args.dest))
     if not os.path.isdir(directory):
         raise CommandError(f"cannot write {args.dest}: no such directory {directory}")
+    _check_destination(args, args.dest, new=True, what="backup destination")
     with opened(args, current=False) as store:
         if store.backend != "sqlite":  # a SQLite file is copied as it is, whatever its version
-            _require_current(store)
-        store.backup(args.dest)
+            _refuse_outdated(store.location, migrations.read_state(store.database,
+                                                                   store.location))
+        try:
+            store.backup(args.dest)
+        except files.RefusedDestination as exc:
+            raise _destination_refused(exc) from None
         location = store.location
     size = os.path.getsize(args.dest)
     if args.json:
@@ -609,18 +671,28 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         "schema_version": None, "pending_migrations": None, "integrity": None,
         "storage": {}, "tables": None, "stale_batches": None}
     try:
-        with opened(args, current=False) as store:
-            report["storage"] = store.storage_info()
-            report["schema_version"] = store.schema_version()
-            pending = store.pending_migrations()
-            report["pending_migrations"] = [{"version": v, "name": n} for v, n in pending]
-            report["integrity"] = store.integrity_check()  # names pending migrations too
-            problems += report["integrity"]
-            if pending:
-                advice.append(f"{PROG} migrate")
-            else:
-                report["tables"] = store.table_counts()
-                report["stale_batches"] = store.find_stale_batches(args.stale_after)
+        look = _first_look(database)
+        if look is not None and migrations.pending_migrations(look):
+            # A file that needs migrating is only looked at, read-only: never changed.
+            path = str(database.database)
+            report["storage"] = sqlite_storage_info(path)
+            report["schema_version"] = look.version
+            pending = [(m.version, m.name) for m in migrations.pending_migrations(look)]
+            report["integrity"] = (migrations.check_sqlite_file(path)
+                                   + migrations.schema_problems(look))
+        else:
+            with opened(args, current=False) as store:
+                report["storage"] = store.storage_info()
+                report["schema_version"] = store.schema_version()
+                pending = store.pending_migrations()
+                report["integrity"] = store.integrity_check()  # names pending migrations too
+                if not pending:
+                    report["tables"] = store.table_counts()
+                    report["stale_batches"] = store.find_stale_batches(args.stale_after)
+        report["pending_migrations"] = [{"version": v, "name": n} for v, n in pending]
+        problems += report["integrity"]
+        if pending:
+            advice.append(f"{PROG} migrate")
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
         reason = _one_line(_scrub(str(exc), _target(args)))
         problems.append(f"cannot read the database: {reason}")
@@ -741,8 +813,18 @@ def _run_demo(store: Store, minutes: Callable[[int], None]) -> tuple[int, int]:
     return batch, logged
 
 
+def _holds_data(location: str) -> CommandError:
+    return CommandError(
+        f"{location} already holds data; the demo writes only into a new "
+        f"database, or one where only demos ran: try `{PROG} --db demo.db demo`")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     now = system_clock()
+    database = open_database(_target(args))
+    look = _first_look(database, create=True)
+    if look is not None and look.tables and migrations.pending_migrations(look):
+        raise _holds_data(describe(database))  # refused after a read-only look
     with opened(args, create=True, current=False) as store:
         # Checked before migrating: the demo must not upgrade or fill a real database.
         # Running it again where only demos ran adds one more demo batch.
@@ -750,9 +832,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 store.pending_migrations()
                 or store.table_counts()["batches"] > _DEMO_REPEATS
                 or any(b["owner"] != _DEMO_OWNER for b in store.list_batches(_DEMO_REPEATS))):
-            raise CommandError(
-                f"{store.location} already holds data; the demo writes only into a new "
-                f"database, or one where only demos ran: try `{PROG} --db demo.db demo`")
+            raise _holds_data(store.location)
         store.migrate()
         # The simulated sprint ends now: its clock starts as long ago as its commands take.
         simulated = [now - 60 * sum(c[2] for _, _, commands in _DEMO_PLAN for c in commands)]
@@ -910,10 +990,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.setLevel(logging.WARNING)
         handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
         logger.addHandler(handler)
+    status = 1
     try:
         return _COMMANDS[args.command](args)
     except CommandError as exc:
-        message = str(exc)
+        message, status = str(exc), exc.status
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -931,4 +1012,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handler is not None:
             logger.removeHandler(handler)
     print(f"{PROG}: error: {_scrub(message, target)}", file=sys.stderr)
-    return 1
+    return status

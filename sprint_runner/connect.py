@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
+from urllib.request import pathname2url
 
 import peewee
 from playhouse.pool import PooledMySQLDatabase, PooledPostgresqlDatabase
@@ -225,13 +226,36 @@ def sqlite_pragmas(busy_timeout: float, synchronous: str) -> list[tuple[str, Any
     ]
 
 
+def connect_sqlite_readonly(path: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+                            ) -> sqlite3.Connection:
+    """Open a plain read-only connection to the SQLite file ``path`` (no pragma applied).
+
+    Read-only, so neither reading nor closing changes the file: closing cannot
+    checkpoint a WAL left behind into it. A hot journal left by a crashed writer needs
+    a read-write connection to roll back; then one is opened instead: that recovery is
+    what SQLite does on any open, not a change of ours.
+    """
+    conn = sqlite3.connect(f"file:{pathname2url(os.path.abspath(path))}?mode=ro", uri=True,
+                           isolation_level=None, timeout=busy_timeout)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as exc:
+        if "readonly" not in str(exc) and "read-only" not in str(exc):
+            return conn  # the caller's first query reports the problem
+        conn.close()
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
+    return conn
+
+
 def copy_sqlite_file(source: str, dest: str, *, busy_timeout: float) -> None:
-    """Copy a live SQLite database to ``dest`` with SQLite's online backup API.
+    """Copy a live SQLite database into the file ``dest`` with SQLite's online backup API.
 
     One step (all pages at once) reads one consistent snapshot, so writers in
-    other processes may go on meanwhile (in WAL mode they are never blocked).
+    other processes may go on meanwhile (in WAL mode they are never blocked). The
+    source is only read. ``dest`` should be a temporary from :mod:`sprint_runner.files`,
+    which also keeps the journal SQLite creates beside it out of anyone else's reach.
     """
-    src = sqlite3.connect(source, timeout=busy_timeout)
+    src = connect_sqlite_readonly(source, busy_timeout)
     try:
         copy = sqlite3.connect(dest)
         try:

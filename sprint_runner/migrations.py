@@ -22,15 +22,15 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
-from urllib.request import pathname2url
 
 import peewee
 from playhouse.migrate import SchemaMigrator
 
+from . import files
 from .clock import Clock
-from .connect import backend_of, copy_sqlite_file
+from .connect import backend_of, connect_sqlite_readonly, copy_sqlite_file
 from .errors import LockTimeout, SchemaError
 from .executor import _MIGRATION_LOCK, Executor, is_busy
 from .models import INDEXES, MODELS, BaseModel, SchemaMigration
@@ -234,6 +234,7 @@ class SchemaState:
     kind: str  # "fresh", "versioned" or "legacy"
     version: int
     has_data: bool = False
+    tables: frozenset[str] = frozenset()  # every table it holds, sprint-runner's or not
 
 
 def _refuse_future(version: int, location: str) -> None:
@@ -292,27 +293,19 @@ def _has_rows(tables: set[str], query: Callable[[str], list[tuple[object, ...]]]
                for t in SCHEMA_TABLES if t in tables)
 
 
-def _open_for_inspection(path: str, busy_timeout: float) -> sqlite3.Connection:
-    # Read-only, so closing cannot checkpoint a WAL left behind into the main file.
-    conn = sqlite3.connect(f"file:{pathname2url(os.path.abspath(path))}?mode=ro", uri=True,
-                           isolation_level=None, timeout=busy_timeout)
-    try:
-        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-    except sqlite3.DatabaseError as exc:
-        if "readonly" not in str(exc) and "read-only" not in str(exc):
-            return conn  # the caller's first query reports the problem
-        # A hot journal left by a crashed writer needs a read-write connection to roll
-        # back: that is recovery SQLite does on any open, not a change of ours.
-        conn.close()
-        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
-    return conn
-
-
 def _classify(location: str, tables: set[str], query: Callable[[str], list[tuple[Any, ...]]],
               columns: Callable[[str], set[str]],
               sqlite_fks: Callable[[str], set[tuple[str, str]]] | None,
               quote: str = '""') -> SchemaState:
     """Tell a fresh, versioned or legacy database apart; refuse what cannot be used."""
+    state = _kind_of(location, tables, query, columns, sqlite_fks, quote)
+    return replace(state, tables=frozenset(tables))
+
+
+def _kind_of(location: str, tables: set[str], query: Callable[[str], list[tuple[Any, ...]]],
+             columns: Callable[[str], set[str]],
+             sqlite_fks: Callable[[str], set[tuple[str, str]]] | None,
+             quote: str = '""') -> SchemaState:
     stamped = _MIGRATIONS_TABLE in tables
     if stamped:
         row = query(f"SELECT MAX(version) FROM {_MIGRATIONS_TABLE.join(quote)}")[0]
@@ -344,7 +337,7 @@ def inspect_sqlite_file(path: str, busy_timeout: float = 30.0) -> SchemaState:
     """
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return SchemaState("fresh", 0)
-    conn = _open_for_inspection(path, busy_timeout)
+    conn = connect_sqlite_readonly(path, busy_timeout)
     try:
         try:
             tables = {r[0] for r in conn.execute(
@@ -360,6 +353,30 @@ def inspect_sqlite_file(path: str, busy_timeout: float = 30.0) -> SchemaState:
                            for r in conn.execute(f'PRAGMA foreign_key_list("{table}")')})
     finally:
         conn.close()
+
+
+def sqlite_integrity_problems(fetchall: Callable[[str], Sequence[Sequence[Any]]]) -> list[str]:
+    """Return what SQLite's integrity and foreign-key checks report (empty when healthy)."""
+    problems = [str(r[0]) for r in fetchall("PRAGMA integrity_check") if r[0] != "ok"]
+    problems += [f"foreign key: {tuple(r)}" for r in fetchall("PRAGMA foreign_key_check")]
+    return problems
+
+
+def check_sqlite_file(path: str, busy_timeout: float = 30.0) -> list[str]:
+    """Run SQLite's integrity checks on a read-only connection: nothing is written."""
+    conn = connect_sqlite_readonly(path, busy_timeout)
+    try:
+        return sqlite_integrity_problems(lambda sql: conn.execute(sql).fetchall())
+    finally:
+        conn.close()
+
+
+def schema_problems(state: SchemaState) -> list[str]:
+    """Return what is wrong with the schema of a database in ``state`` (pending migrations)."""
+    pending = pending_migrations(state)
+    if not pending:
+        return []
+    return [f"schema is at version {state.version}, {len(pending)} migration(s) pending"]
 
 
 def read_state(database: peewee.Database, location: str) -> SchemaState:
@@ -390,24 +407,13 @@ def _stamp(database: peewee.Database, migrations: Sequence[Migration], now: int)
         database.execute_sql(insert.sql, (m.version, m.name, now))
 
 
-def _backup_path(path: str, version: int) -> str:
-    base = f"{path}.bak-v{version}"
-    candidate, n = base, 0
-    while True:
-        try:
-            fd = os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            n += 1
-            candidate = f"{base}.{n}"
-            continue
-        os.close(fd)
-        return candidate
-
-
 def backup_sqlite_file(path: str, version: int, busy_timeout: float) -> str:
-    """Copy a SQLite file to ``<path>.bak-v<version>`` (never overwriting); return the copy."""
-    dest = _backup_path(path, version)
-    copy_sqlite_file(path, dest, busy_timeout=busy_timeout)
+    """Copy a SQLite file to ``<path>.bak-v<version>`` (else ``.1``, ``.2``, ...: never
+    overwriting anything); return the copy."""
+    dest = files.create_numbered(
+        f"{path}.bak-v{version}",
+        lambda temporary: copy_sqlite_file(path, temporary, busy_timeout=busy_timeout),
+        protect=[path], beside=files.SQLITE_REPLAYED, what="pre-migration backup")
     logger.warning("backed up %s to %s before migrating it from schema version %d",
                    path, dest, version)
     return dest

@@ -20,7 +20,7 @@ from typing import Any
 
 import peewee
 
-from . import migrations
+from . import files, migrations
 from .clock import Clock, system_clock
 from .connect import DEFAULT_BUSY_TIMEOUT, DEFAULT_POOL_SIZE, copy_sqlite_file, open_database
 from .executor import DEFAULT_LOCK_RETRIES, Executor
@@ -840,27 +840,21 @@ class Store:
 
         On SQLite it is an online copy through the backup API, safe while other
         processes write; on a server it is a logical copy from one snapshot. ``dest``
-        must not exist yet (nothing is ever overwritten).
+        must not exist yet (nothing is ever overwritten) and must not be the database
+        or one of its files; the copy is written privately beside it, then linked
+        into place (see :mod:`sprint_runner.files`), readable by its owner only.
         """
         target = os.fspath(dest) if isinstance(dest, os.PathLike) else dest
         check_text("dest", target)
-        if os.path.exists(target):
-            raise ValueError(f"backup destination {target} already exists; choose a new path")
-        part = f"{target}.part-{os.getpid()}"
-        try:
-            if self.backend == "sqlite":
-                copy_sqlite_file(str(self.database.database), part,
-                                 busy_timeout=self._x.busy_timeout)
-            else:
-                self._copy_to_sqlite(part)
-            os.link(part, target)  # fails rather than overwrite a file that appeared meanwhile
-        except FileExistsError:
-            raise ValueError(
-                f"backup destination {target} already exists; choose a new path") from None
-        finally:
-            for leftover in (part, part + "-wal", part + "-shm", part + "-journal"):
-                if os.path.exists(leftover):
-                    os.unlink(leftover)
+        if self.backend == "sqlite":
+            source = str(self.database.database)
+
+            def fill(path: str) -> None:
+                copy_sqlite_file(source, path, busy_timeout=self._x.busy_timeout)
+        else:
+            fill = self._copy_to_sqlite
+        files.create_file(target, fill, protect=files.files_of(self.database),
+                          beside=files.SQLITE_REPLAYED, what="backup destination")
         logger.info("backed up %s to %s", self.location, target)
 
     def _copy_to_sqlite(self, path: str) -> None:
@@ -955,24 +949,15 @@ class Store:
         """
         problems: list[str] = []
         if self.backend == "sqlite":
-            rows = self._x.fetchall("PRAGMA integrity_check")
-            problems += [str(r[0]) for r in rows if r[0] != "ok"]
-            problems += [f"foreign key: {tuple(r)}"
-                         for r in self._x.fetchall("PRAGMA foreign_key_check")]
-        pending = self.pending_migrations()
-        if pending:
-            problems.append(f"schema is at version {self.schema_version()}, "
-                            f"{len(pending)} migration(s) pending")
-        return problems
+            problems += migrations.sqlite_integrity_problems(self._x.fetchall)
+        return problems + migrations.schema_problems(
+            migrations.read_state(self.database, self.location))
 
     def storage_info(self) -> dict[str, Any]:
         """Return where the data lives and, for SQLite, the file and WAL sizes in bytes."""
-        info: dict[str, Any] = {"backend": self.backend, "location": self.location}
         if self.backend == "sqlite":
-            path = str(self.database.database)
-            for key, name in (("file_bytes", path), ("wal_bytes", path + "-wal")):
-                info[key] = os.path.getsize(name) if os.path.exists(name) else 0
-        return info
+            return sqlite_storage_info(str(self.database.database))
+        return {"backend": self.backend, "location": self.location}
 
     # -- shared ------------------------------------------------------------------------
 
@@ -986,6 +971,15 @@ class Store:
         columns = tuple(c for c in columns_of(model) if c in values)
         statement = self._q.update(model, columns)
         return self._x.execute(statement.sql, tuple(values[c] for c in columns) + (row_id,))
+
+
+def sqlite_storage_info(path: str) -> dict[str, Any]:
+    """Return :meth:`Store.storage_info` for the SQLite file ``path``, read from the
+    filesystem alone (no connection: the file is not touched)."""
+    info: dict[str, Any] = {"backend": "sqlite", "location": path}
+    for key, name in (("file_bytes", path), ("wal_bytes", path + "-wal")):
+        info[key] = os.path.getsize(name) if os.path.exists(name) else 0
+    return info
 
 
 def _event_row(batch_id: object, story_id: object, command_id: object, epic_id: object,

@@ -8,7 +8,9 @@ the tests that need it are skipped with a one-line reason.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -189,3 +191,47 @@ def story(store: Store, batch: int) -> int:
 @pytest.fixture
 def command(store: Store, story: int) -> int:
     return store.create_command(story, "dev-story", "setup")
+
+
+# -- files the writer must refuse or leave alone -------------------------------------------
+
+SPECIAL_KINDS = ("symlink", "dangling-symlink", "fifo", "device", "directory")
+"""Destinations that exist and are not regular files (what ``make_special`` makes)."""
+
+
+def digest(path: Any) -> str:
+    """The sha256 of a file's bytes (the whole file: byte-identity, not a few header bytes)."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def make_special(kind: str, path: Any, victim: Any) -> str:
+    """Make a destination of ``kind`` at ``path`` (a symlink points at ``victim``); return it.
+
+    A device node is made with ``mknod`` (the null device's numbers) when running as
+    root; otherwise the system's own ``/dev/null`` stands in, which an unprivileged
+    writer could not replace anyway.
+    """
+    path = str(path)
+    if kind == "symlink":
+        os.symlink(victim, path)
+    elif kind == "dangling-symlink":
+        os.symlink(str(victim) + ".absent", path)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        if os.geteuid() != 0:
+            return os.devnull
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    elif kind == "directory":
+        os.mkdir(path)
+    else:
+        raise ValueError(kind)
+    return path
+
+
+def node_of(path: Any) -> tuple[int, int, str | None]:
+    """What sits at ``path``: its file type, inode and symlink target (never followed)."""
+    st = os.lstat(path)
+    return stat.S_IFMT(st.st_mode), st.st_ino, (
+        os.readlink(path) if stat.S_ISLNK(st.st_mode) else None)

@@ -1,13 +1,17 @@
 """backup(): a consistent copy of the live database into a new SQLite file."""
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 
 import pytest
+from conftest import SPECIAL_KINDS, digest, make_special, node_of
 
-from sprint_runner import Store
+from sprint_runner import Store, files
+from sprint_runner import store as store_module
 
 
 def _fill(store: Store) -> int:
@@ -87,3 +91,86 @@ def test_backup_while_a_writer_runs(store: Store, db_target: str, tmp_path: Path
             assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] >= 2500
         finally:
             conn.close()
+
+
+# -- where a backup may be written ---------------------------------------------------------
+
+def _victim_database(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE precious (x); INSERT INTO precious VALUES ('mine');")
+    conn.close()
+    return str(path)
+
+
+def test_backup_never_writes_through_a_planted_part_symlink(store: Store,
+                                                            tmp_path: Path) -> None:
+    batch = _fill(store)
+    victim = _victim_database(tmp_path / "victim.db")
+    victim_bytes = digest(victim)
+    (tmp_path / "out").mkdir()
+    dest = tmp_path / "out" / "copy.db"
+    planted = [f"{dest}.part-{os.getpid()}{side}" for side in ("", "-journal", "-wal", "-shm")]
+    for name in planted:
+        os.symlink(victim, name)
+    store.backup(dest)
+    assert digest(victim) == victim_bytes
+    assert [os.readlink(name) for name in planted] == [victim] * len(planted)
+    assert stat.S_ISREG(os.lstat(dest).st_mode)
+    assert stat.S_IMODE(os.lstat(dest).st_mode) == 0o600
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(
+        ["copy.db"] + [os.path.basename(n) for n in planted])
+    copy = Store(str(dest))
+    try:
+        assert copy.get_events_by_batch(batch) == store.get_events_by_batch(batch)
+    finally:
+        copy.close()
+
+
+@pytest.mark.parametrize("kind", SPECIAL_KINDS)
+def test_backup_refuses_what_is_not_a_regular_file(store: Store, tmp_path: Path,
+                                                   kind: str) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "out").mkdir()
+    dest = make_special(kind, tmp_path / "out" / "copy.db", victim)
+    node = node_of(dest)
+    with pytest.raises(files.RefusedDestination, match="not a regular file; nothing was written"):
+        store.backup(dest)
+    assert node_of(dest) == node
+    assert victim.read_text() == "precious"
+    if dest != os.devnull:  # (the stand-in device when not root)
+        assert os.listdir(tmp_path / "out") == ["copy.db"]
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("side", ["", "-wal", "-shm", "-journal"])
+def test_backup_refuses_the_database_and_its_files(store: Store, db_target: str,
+                                                   tmp_path: Path, side: str) -> None:
+    _fill(store)
+    store.close()
+    before = {n: digest(tmp_path / n) for n in os.listdir(tmp_path)}
+    os.link(db_target, tmp_path / "hard.db")
+    for dest in (db_target + side, os.path.relpath(db_target + side), str(tmp_path / "hard.db")):
+        with pytest.raises(files.DatabaseDestination, match="nothing was written"):
+            store.backup(dest)
+    os.unlink(tmp_path / "hard.db")
+    assert {n: digest(tmp_path / n) for n in os.listdir(tmp_path)} == before
+
+
+def test_a_failed_backup_leaves_nothing_behind(store: Store, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _fill(store)
+
+    def broken(path: str, *args: object, **kwargs: object) -> None:
+        with open(path, "wb") as f:
+            f.write(b"half a copy")
+        with open(path + "-journal", "wb") as f:
+            f.write(b"journal")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_module, "copy_sqlite_file", broken)
+    monkeypatch.setattr(Store, "_copy_to_sqlite", lambda self, path: broken(path))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        store.backup(tmp_path / "out" / "copy.db")
+    assert os.listdir(tmp_path / "out") == []

@@ -6,6 +6,8 @@ import datetime
 import io
 import json
 import os
+import sqlite3
+import stat
 import subprocess
 import sys
 import tracemalloc
@@ -13,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import legacy_schema
 import pytest
+from conftest import SPECIAL_KINDS, digest, make_special, node_of
 from freezegun import freeze_time
 
 from sprint_runner import Store, cli, db
@@ -686,6 +690,286 @@ def test_export_100k_events_in_bounded_memory(capsys: pytest.CaptureFixture[str]
         f.seek(0)
         assert json.loads(f.readline())["task_id"] == "task-0"
     assert count == n
+
+
+# -- export -o and backup: where a file may be written ----------------------------------------
+
+_WHAT = {"export": "output file", "backup": "backup destination"}
+_KIND_NAMES = {"symlink": "a symbolic link", "dangling-symlink": "a symbolic link",
+               "fifo": "a FIFO", "device": "a character device", "directory": "a directory"}
+
+
+def _write_to(command: str, dest: str) -> list[str]:
+    return ["export", "--format", "csv", "-o", dest] if command == "export" else ["backup", dest]
+
+
+def _files_in(folder: Any) -> dict[str, str | None]:
+    """Every entry of ``folder``: a regular file's sha256, None for anything else."""
+    return {name: digest(os.path.join(folder, name))
+            if os.path.isfile(os.path.join(folder, name))
+            and not os.path.islink(os.path.join(folder, name)) else None
+            for name in sorted(os.listdir(folder))}
+
+
+def _victim_database(path: Any) -> str:
+    """Someone else's SQLite database, which a planted symlink points at."""
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE precious (x); INSERT INTO precious VALUES ('mine');")
+    conn.close()
+    return str(path)
+
+
+def _database_alias(how: str, path: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    folder = os.path.dirname(path)
+    if how == "relative":
+        monkeypatch.chdir(folder)
+        return os.path.basename(path)
+    if how == "symlink":
+        os.symlink(path, os.path.join(folder, "alias.db"))
+        return os.path.join(folder, "alias.db")
+    if how == "hardlink":
+        os.link(path, os.path.join(folder, "hard.db"))
+        return os.path.join(folder, "hard.db")
+    if how in ("-wal", "-shm", "-journal"):
+        return path + how
+    return path
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("command", ["export", "backup"])
+@pytest.mark.parametrize("how", ["path", "relative", "symlink", "hardlink", "-wal", "-shm",
+                                 "-journal"])
+def test_the_database_itself_is_never_written_over(
+        capsys: pytest.CaptureFixture[str], db_target: str, store: Store,
+        sprint: dict[str, int], monkeypatch: pytest.MonkeyPatch, how: str,
+        command: str) -> None:
+    counts = store.table_counts()
+    store.close()
+    dest = _database_alias(how, db_target, monkeypatch)
+    folder = os.path.dirname(db_target)
+    before = _files_in(folder)
+    code, out, err = run(capsys, "--db", db_target, *_write_to(command, dest))
+    # A usage error: no state of the disk makes the database a place to write to.
+    assert (code, out) == (2, "")
+    assert err.startswith(f"sprint-runner-db: error: {_WHAT[command]} {dest} is ")
+    assert "database" in err and err.endswith("; nothing was written\n")
+    assert err.count("\n") == 1
+    assert _files_in(folder) == before
+    check = Store(db_target, migrate=False)
+    try:
+        assert check.table_counts() == counts
+    finally:
+        check.close()
+
+
+@pytest.mark.parametrize("command", ["export", "backup"])
+@pytest.mark.parametrize("kind", SPECIAL_KINDS)
+def test_a_destination_that_is_not_a_regular_file_is_refused(
+        capsys: pytest.CaptureFixture[str], db_target: str, store: Store,
+        sprint: dict[str, int], tmp_path: Any, kind: str, command: str) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "out").mkdir()
+    dest = make_special(kind, tmp_path / "out" / "dest", victim)
+    node, folder = node_of(dest), _files_in(os.path.dirname(dest))
+    code, out, err = run(capsys, "--db", db_target, *_write_to(command, dest))
+    assert (code, out) == (1, "")
+    assert err == (f"sprint-runner-db: error: {_WHAT[command]} {dest} is {_KIND_NAMES[kind]}, "
+                   "not a regular file; nothing was written\n")
+    assert node_of(dest) == node
+    assert _files_in(os.path.dirname(dest)) == folder
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("command", ["export", "backup"])
+def test_a_planted_part_symlink_is_never_followed(
+        capsys: pytest.CaptureFixture[str], db_target: str, store: Store,
+        sprint: dict[str, int], tmp_path: Any, command: str) -> None:
+    victim = _victim_database(tmp_path / "victim.db")
+    victim_bytes = digest(victim)
+    (tmp_path / "out").mkdir()
+    dest = str(tmp_path / "out" / "copy")
+    planted = [f"{dest}.part-{os.getpid()}{side}" for side in ("", "-journal", "-wal", "-shm")]
+    for name in planted:
+        os.symlink(victim, name)
+    code, _, err = run(capsys, "--db", db_target, *_write_to(command, dest))
+    assert (code, err) == (0, "")
+    assert digest(victim) == victim_bytes
+    assert [os.readlink(name) for name in planted] == [victim] * len(planted)
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(
+        [os.path.basename(n) for n in planted] + ["copy"])
+    assert not os.path.islink(dest)
+    if command == "export":
+        with open(dest, encoding="utf-8") as f:
+            assert len(list(csv.reader(f))) == 1 + len(list(store.iter_events()))
+    else:
+        copy = Store(dest, migrate=False)
+        try:
+            assert copy.table_counts() == store.table_counts()
+        finally:
+            copy.close()
+
+
+def test_export_replaces_an_older_export(capsys: pytest.CaptureFixture[str], db_target: str,
+                                         store: Store, sprint: dict[str, int],
+                                         tmp_path: Any) -> None:
+    (tmp_path / "out").mkdir()
+    dest = tmp_path / "out" / "events.jsonl"
+    dest.write_text("last week's export\n")
+    inode = dest.stat().st_ino
+    code, _, err = run(capsys, "--db", db_target, "export", "-o", str(dest))
+    assert (code, err) == (0, "")
+    assert [json.loads(line) for line in dest.read_text().splitlines()] == list(
+        store.iter_events())
+    assert dest.stat().st_ino != inode  # a new file renamed over the old one
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600  # agent output: owner-only
+    assert os.listdir(tmp_path / "out") == ["events.jsonl"]
+
+
+def test_backup_is_owner_only(capsys: pytest.CaptureFixture[str], db_target: str,
+                              store: Store, sprint: dict[str, int], tmp_path: Any) -> None:
+    dest = tmp_path / "backup.db"
+    code, _, err = run(capsys, "--db", db_target, "backup", str(dest))
+    assert (code, err) == (0, "")
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600
+
+
+# -- old-format files: a read-only first look ----------------------------------------------------
+
+_OLD_FILES = {"legacy": (legacy_schema.legacy, 0), "version1": (legacy_schema.version1, 1),
+              "version2": (legacy_schema.version2, 2)}
+_MIGRATION_NAMES = {1: "baseline", 2: "batch_owner_heartbeat", 3: "event_history_indexes"}
+
+
+@pytest.fixture(params=list(_OLD_FILES))
+def old_file(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, int]:
+    """A SQLite file an earlier generation left, alone in its folder, and its version."""
+    build, version = _OLD_FILES[request.param]
+    (tmp_path / "old").mkdir()
+    path = str(tmp_path / "old" / "state.db")
+    build(path)
+    return path, version
+
+
+def _pending(version: int) -> list[int]:
+    return [v for v in _MIGRATION_NAMES if v > version]
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("argv", [
+    ["status"], ["status", "--json"], ["batches"], ["show", "1"], ["events"],
+    ["tail", "--max-polls", "1"], ["export"], ["export", "-o", "OUT"],
+    ["prune", "--older-than", "30d"], ["prune", "--older-than", "30d", "--dry-run"],
+    ["recover"], ["recover", "--dry-run"],
+])
+def test_an_old_file_is_refused_with_not_a_byte_changed(
+        capsys: pytest.CaptureFixture[str], old_file: tuple[str, int], tmp_path: Any,
+        argv: list[str]) -> None:
+    path, version = old_file
+    folder = os.path.dirname(path)
+    before = _files_in(folder)
+    argv = [str(tmp_path / "old" / "out.jsonl") if a == "OUT" else a for a in argv]
+    code, out, err = run(capsys, "--db", path, *argv)
+    pending = _pending(version)
+    assert (code, out) == (1, "")
+    assert err == (f"sprint-runner-db: error: {path} is at schema version {version} and needs "
+                   f"{len(pending)} migration{'s' if len(pending) > 1 else ''} "
+                   f"({', '.join(map(str, pending))}); run `sprint-runner-db migrate` first\n")
+    assert _files_in(folder) == before  # the whole file, and no -wal, -shm, -journal
+
+
+@pytest.mark.sqlite_only
+def test_doctor_reports_an_old_file_read_only(capsys: pytest.CaptureFixture[str],
+                                              old_file: tuple[str, int]) -> None:
+    path, version = old_file
+    folder = os.path.dirname(path)
+    before = _files_in(folder)
+    pending = _pending(version)
+    code, out, err = run(capsys, "--db", path, "doctor")
+    assert (code, err) == (1, "")
+    assert out.startswith(f"database    {path} (sqlite)\n")
+    many = "s" if len(pending) > 1 else ""
+    assert f"schema      version {version} ({len(pending)} migration{many} pending)" in out
+    assert f"size        {os.path.getsize(path) / 1024:.1f} KiB, WAL 0 B" in out
+    assert f"  - schema is at version {version}, {len(pending)} migration(s) pending" in out
+    assert "to fix: sprint-runner-db migrate" in out
+    code, out, err = run(capsys, "--db", path, "--json", "doctor")
+    report = json.loads(out)
+    assert (code, err, report["ok"]) == (1, "", False)
+    assert report["schema_version"] == version
+    assert report["pending_migrations"] == [{"version": v, "name": _MIGRATION_NAMES[v]}
+                                            for v in pending]
+    assert report["storage"] == {"backend": "sqlite", "location": path,
+                                 "file_bytes": os.path.getsize(path), "wal_bytes": 0}
+    assert report["tables"] is None and report["stale_batches"] is None
+    assert _files_in(folder) == before
+
+
+@pytest.mark.sqlite_only
+def test_doctor_checks_an_old_file_integrity_read_only(capsys: pytest.CaptureFixture[str],
+                                                       tmp_path: Any) -> None:
+    path = str(tmp_path / "old.db")
+    legacy_schema.legacy(path)
+    conn = sqlite3.connect(path)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    root = conn.execute("SELECT rootpage FROM sqlite_master "
+                        "WHERE name = 'idx_events_timestamp'").fetchone()[0]
+    conn.close()
+    data = bytearray(Path(path).read_bytes())
+    at = (root - 1) * page_size + data[(root - 1) * page_size:root * page_size].find(
+        (1_700_000_000).to_bytes(4, "big")) + 3
+    data[at] += 1  # one index entry now disagrees with its row
+    Path(path).write_bytes(data)
+    before = _files_in(tmp_path)
+    code, out, err = run(capsys, "--db", path, "doctor")
+    assert (code, err) == (1, "")
+    assert "integrity   PROBLEMS" in out
+    assert "  - row 1 missing from index idx_events_timestamp" in out
+    assert _files_in(tmp_path) == before
+
+
+@pytest.mark.sqlite_only
+def test_migrate_dry_run_reads_an_old_file_only(capsys: pytest.CaptureFixture[str],
+                                                old_file: tuple[str, int]) -> None:
+    path, version = old_file
+    folder = os.path.dirname(path)
+    before = _files_in(folder)
+    pending = _pending(version)
+    code, out, err = run(capsys, "--db", path, "migrate", "--dry-run")
+    assert (code, err) == (0, "")
+    assert out == (f"{path} is at schema version {version}; `sprint-runner-db migrate` would "
+                   "apply:\n" + "".join(f"  {v}  {_MIGRATION_NAMES[v]}\n" for v in pending))
+    assert run_json(capsys, path, "migrate", "--dry-run") == {
+        "location": path, "backend": "sqlite", "schema_version": version,
+        "previous_version": version, "applied": [],
+        "pending": [{"version": v, "name": _MIGRATION_NAMES[v]} for v in pending]}
+    assert _files_in(folder) == before
+
+
+@pytest.mark.sqlite_only
+def test_backup_and_demo_leave_an_old_file_as_it_was(capsys: pytest.CaptureFixture[str],
+                                                     old_file: tuple[str, int],
+                                                     tmp_path: Any) -> None:
+    path, _ = old_file
+    folder = os.path.dirname(path)
+    before = _files_in(folder)
+    copy = str(tmp_path / "copy.db")
+    code, out, err = run(capsys, "--db", path, "backup", copy)
+    assert (code, err) == (0, "")
+    assert _files_in(folder) == before
+    plain = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+    original = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        for table in legacy_schema.DATA_TABLES:
+            query = f'SELECT * FROM "{table}" ORDER BY id'
+            assert plain.execute(query).fetchall() == original.execute(query).fetchall()
+    finally:
+        plain.close()
+        original.close()
+    code, out, err = run(capsys, "--db", path, "demo")
+    assert (code, out) == (1, "")
+    assert "already holds data" in err
+    assert _files_in(folder) == before
 
 
 # -- prune, backup, recover ---------------------------------------------------------------

@@ -448,6 +448,28 @@ def test_existing_backup_name_is_not_overwritten(legacy_file: Path, make_store: 
 
 
 @pytest.mark.sqlite_only
+def test_backup_never_writes_through_planted_names(legacy_file: Path, make_store: Any,
+                                                   tmp_path: Path) -> None:
+    victim = tmp_path / "victim.db"
+    conn = sqlite3.connect(victim)
+    conn.executescript("CREATE TABLE precious (x); INSERT INTO precious VALUES ('mine');")
+    conn.close()
+    victim_bytes = victim.read_bytes()
+    base = f"{legacy_file}.bak-v0"
+    planted = [base, f"{base}-journal", f"{base}.1-journal", f"{base}.part-{os.getpid()}"]
+    for name in planted:
+        os.symlink(victim, name)
+    before = rows_of(legacy_file)
+    make_store(legacy_file).close()
+    assert victim.read_bytes() == victim_bytes
+    assert [os.readlink(name) for name in planted] == [str(victim)] * len(planted)
+    copy = f"{base}.2"  # the first name nothing occupies: .1 has a (planted) journal beside it
+    assert os.path.isfile(copy) and not os.path.islink(copy)
+    assert os.stat(copy).st_mode & 0o777 == 0o600
+    assert rows_of(copy) == before
+
+
+@pytest.mark.sqlite_only
 def test_no_backup_without_data(tmp_path: Path, make_store: Any) -> None:
     empty_legacy = tmp_path / "empty-legacy.db"
     legacy_schema.legacy(str(empty_legacy), data=False)
