@@ -41,6 +41,19 @@ _WRITE_LOCK = "sprint_runner:write"
 _MYSQL_LOST_CODES = frozenset({1053, 1153, 1927, 2006, 2013, 2055, 4031})
 # ... and those of them where the server refused the statement before running it.
 _MYSQL_REFUSED_CODES = frozenset({1153})
+# PostgreSQL: the savepoint each statement in an open transaction runs under.
+_STATEMENT_SAVEPOINT = "sprint_runner_statement"
+_SAVEPOINT_SQL = f"SAVEPOINT {_STATEMENT_SAVEPOINT}"
+# The previous statement's savepoint is released when the next one starts, in the
+# same round trip (released ones leave no lock or subtransaction behind).
+_RESAVEPOINT_SQL = f"RELEASE SAVEPOINT {_STATEMENT_SAVEPOINT}; {_SAVEPOINT_SQL}"
+_RELEASE_SQL = f"RELEASE SAVEPOINT {_STATEMENT_SAVEPOINT}"
+_UNDO_SQL = f"ROLLBACK TO SAVEPOINT {_STATEMENT_SAVEPOINT}"
+_NO_SUCH_SAVEPOINT = "3B001"
+# On peewee's per-thread connection state (shared by every store on the database): the
+# (connection, outermost transaction) whose statement savepoint is open, or None.
+_MARK = "sprint_runner_statement_savepoint"
+_SAVEPOINT_VERBS = ("SAVEPOINT", "RELEASE", "ROLLBACK")
 
 # What a statement returns, taken from its cursor (prebuilt: hot paths make no lambdas).
 _ROWS = operator.methodcaller("fetchall")
@@ -52,6 +65,8 @@ def _RETURNED_ID(cursor: Any) -> Any:  # noqa: N802 - named like its siblings
     return cursor.fetchone()[0]
 
 _executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+_watched: weakref.WeakSet[peewee.Database] = weakref.WeakSet()  # see _watch_savepoints
+_watch_lock = threading.Lock()
 _fork_hook_lock = threading.Lock()
 _fork_hook_installed = False
 
@@ -73,6 +88,23 @@ def _install_fork_hook() -> None:
         if not _fork_hook_installed and hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=_after_fork_in_child)
             _fork_hook_installed = True
+
+
+def _watch_savepoints(database: peewee.Database) -> None:
+    """Forget the open statement savepoint whenever SQL run through peewee (its
+    atomic() and savepoint()) takes, releases or rolls back a savepoint: releasing
+    ours later would then release theirs too. Installed once per database."""
+    with _watch_lock:
+        if database in _watched:
+            return
+        _watched.add(database)
+    state = database._state  # type: ignore[attr-defined]
+
+    def forget_statement_savepoint(event: Any) -> None:
+        if event.sql.lstrip()[:9].upper().startswith(_SAVEPOINT_VERBS):
+            setattr(state, _MARK, None)
+
+    database.query_hooks.append(forget_statement_savepoint)
 
 
 def _psycopg2_socket(conn: Any) -> int | None:
@@ -193,6 +225,15 @@ class Executor:
             _psycopg2_socket if postgresql else _pymysql_socket)
         self._lost_codes = frozenset() if postgresql else _MYSQL_LOST_CODES
         self._refused_codes = frozenset() if postgresql else _MYSQL_REFUSED_CODES
+        # PostgreSQL aborts the whole transaction on a failed statement; SQLite and MySQL
+        # undo only that statement. A savepoint per statement gives PostgreSQL theirs.
+        self._isolate_statements = postgresql
+        # psycopg2 binds parameters client-side, so the savepoint shares the statement's
+        # round trip; psycopg 3 binds server-side: one statement per call.
+        adapter = getattr(self.database, "_adapter", None)
+        self._savepoint_in_statement = type(adapter).__name__ == "Psycopg2Adapter"
+        if postgresql:
+            _watch_savepoints(self.database)
 
     # -- connections ---------------------------------------------------------------
 
@@ -399,15 +440,75 @@ class Executor:
         """Run a statement inside the thread's open server transaction.
 
         A lost connection fails it with ConnectionLost (the server has rolled the
-        transaction back; nothing is retried).
+        transaction back; nothing is retried). On PostgreSQL the statement runs under
+        a savepoint, so that its failure undoes only itself, as on the other backends.
         """
         conn = self._state.conn
         if not self._is_open(conn):
             raise self._lost_in_transaction("it was lost earlier in this transaction")
+        if self._isolate_statements:
+            return self._isolated(conn, runner, sql, params, result)
         try:
             return runner(conn, sql, params, result)
         except Exception as exc:
             raise self._failed_in_transaction(exc, conn) from exc
+
+    def _isolated(self, conn: Any, runner: Callable[..., Any], sql: str, params: Any,
+                  result: Callable[[Any], Any]) -> Any:
+        """Run a statement under a savepoint, so that its failure undoes only itself and
+        the transaction goes on (PostgreSQL; a bulk statement is undone as a whole)."""
+        state = self._state
+        mark = (conn, state.transactions[0])
+        held = getattr(state, _MARK, None)
+        head = (_RESAVEPOINT_SQL if held is not None and held[0] is conn and held[1] is mark[1]
+                else _SAVEPOINT_SQL)
+        setattr(state, _MARK, mark)
+        try:
+            if self._savepoint_in_statement and runner is _run:
+                return runner(conn, f"{head}; {sql}", params, result)
+            _run(conn, head, None, _nothing)
+            return runner(conn, sql, params, result)
+        except Exception as exc:
+            raise self._undo_statement(exc, conn) from exc
+
+    def _undo_statement(self, exc: Exception, conn: Any) -> BaseException:
+        """Roll back to the failed statement's savepoint; return what to raise."""
+        failed = self._failed_in_transaction(exc, conn)
+        if isinstance(failed, ConnectionLost):
+            return failed
+        if _server_code(exc) == _NO_SUCH_SAVEPOINT:
+            setattr(self._state, _MARK, None)
+            return type(failed)(
+                f"the store's statement savepoint on {self.location} is gone "
+                f"({_first_line(exc)}): SQL run beside the store inside this transaction "
+                "released or rolled back a savepoint older than it (nest blocks with "
+                "transaction(), not the database's atomic()); the transaction is aborted")
+        try:
+            _run(conn, _UNDO_SQL, None, _nothing)
+        except Exception as undo:
+            setattr(self._state, _MARK, None)
+            lost = self._failed_in_transaction(undo, conn)
+            if isinstance(lost, ConnectionLost):
+                return lost
+            logger.warning("could not roll back to the statement savepoint on %s",
+                           self.location, exc_info=True)
+        return failed
+
+    def _release_statement_savepoint(self, conn: Any) -> None:
+        """Release this transaction's open statement savepoint, if any (before a nested
+        savepoint, which must not sit on top of it)."""
+        if not self._isolate_statements:
+            return
+        held = getattr(self._state, _MARK, None)
+        setattr(self._state, _MARK, None)
+        if held is not None and held[0] is conn and held[1] is self._state.transactions[0]:
+            try:
+                _run(conn, _RELEASE_SQL, None, _nothing)
+            except Exception as exc:
+                raise self._failed_in_transaction(exc, conn) from exc
+
+    def _forget_statement_savepoint(self) -> None:
+        setattr(self._state, _MARK, None)
 
     def _failed_in_transaction(self, exc: Exception, conn: Any) -> BaseException:
         """Return what to raise for ``exc`` from a statement inside a transaction."""
@@ -574,6 +675,7 @@ class Executor:
                 raise
             self._commit(txn, conn)
         finally:
+            self._forget_statement_savepoint()
             self._unlock(conn, lock)
             if checked_out:
                 self._checkin()
@@ -632,6 +734,7 @@ class Executor:
         conn = self._state.conn
         if not self._is_open(conn):
             raise self._lost_in_transaction("it was lost earlier in this transaction")
+        self._release_statement_savepoint(conn)
         savepoint = self.database.savepoint()
         try:
             savepoint.__enter__()
@@ -640,12 +743,16 @@ class Executor:
         try:
             yield
         except BaseException as exc:
+            # Rolling back to (or releasing) the block's savepoint ends any statement
+            # savepoint taken inside it.
+            self._forget_statement_savepoint()
             if self._is_open(conn):
                 try:
                     savepoint.__exit__(type(exc), exc, None)
                 except Exception as failed:
                     raise self._failed_in_transaction(failed, conn) from failed
             raise
+        self._forget_statement_savepoint()
         if not self._is_open(conn):  # the block caught the ConnectionLost and went on
             raise self._lost_in_transaction("it was lost earlier in this transaction")
         try:
