@@ -258,3 +258,19 @@ def test_two_stores_on_one_database_share_a_transaction(store: Store) -> None:
             b = store.create_story(batch, "b", "e")
         c = other.create_story(batch, "c", "e")
     assert [s["id"] for s in store.get_stories_by_batch(batch)] == [a, b, c]
+
+
+def test_statement_savepoint_in_its_own_round_trip(store: Store) -> None:
+    if store.backend != "postgresql":
+        pytest.skip("the statement savepoint is PostgreSQL's")
+    store._x._savepoint_in_statement = False  # as under psycopg 3 (server-side binding)
+    with store.transaction():
+        batch = store.create_batch(1)
+        with pytest.raises(IntegrityError):
+            store.create_story(99999999, "orphan", "e")
+        with store.transaction():
+            a = store.create_story(batch, "a", "e")
+        with pytest.raises(IntegrityError):
+            store.create_story(99999999, "orphan", "e")
+        b = store.create_story(batch, "b", "e")
+    assert [s["id"] for s in store.get_stories_by_batch(batch)] == [a, b]
