@@ -6,13 +6,14 @@ over one default store.
 from __future__ import annotations
 
 from .clock import Clock, system_clock
-from .errors import IntegrityError, LockTimeout, SchemaError
+from .errors import ConnectionLost, IntegrityError, LockTimeout, SchemaError
 from .store import Store
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Clock",
+    "ConnectionLost",
     "IntegrityError",
     "LockTimeout",
     "SchemaError",

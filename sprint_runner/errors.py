@@ -21,3 +21,11 @@ class SchemaError(peewee.DatabaseError):
 
 class LockTimeout(peewee.OperationalError):
     """The write lock could not be taken within the store's bounded retries."""
+
+
+class ConnectionLost(peewee.OperationalError):
+    """A server connection died under a call; the message says what became of the call.
+
+    The dead connection is closed and never returned to the pool; the next call
+    (after the transaction block, inside one) gets a fresh connection.
+    """

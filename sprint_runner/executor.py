@@ -8,6 +8,7 @@ import logging
 import operator
 import os
 import random
+import select
 import sys
 import threading
 import time
@@ -21,7 +22,7 @@ import peewee
 from playhouse.pool import PooledDatabase
 
 from .connect import backend_of, describe
-from .errors import IntegrityError, LockTimeout
+from .errors import ConnectionLost, IntegrityError, LockTimeout
 
 logger = logging.getLogger("sprint_runner")
 
@@ -35,6 +36,24 @@ _RETRYABLE_SERVER_CODES = {"40001", "40P01", 1213, 1205}  # serialization, deadl
 _MIGRATION_LOCK = "sprint_runner:migrate"
 _PEEWEE_ERRORS: dict[str, type[Exception]] = getattr(peewee, "EXCEPTIONS")  # name -> class
 _WRITE_LOCK = "sprint_runner:write"
+# MySQL errors after which the server has closed the connection, though PyMySQL may still
+# think it open: server shutdown, packet too large, killed, gone away, lost, idle timeout.
+_MYSQL_LOST_CODES = frozenset({1053, 1153, 1927, 2006, 2013, 2055, 4031})
+# ... and those of them where the server refused the statement before running it.
+_MYSQL_REFUSED_CODES = frozenset({1153})
+# PostgreSQL: the savepoint each statement in an open transaction runs under.
+_STATEMENT_SAVEPOINT = "sprint_runner_statement"
+_SAVEPOINT_SQL = f"SAVEPOINT {_STATEMENT_SAVEPOINT}"
+# The previous statement's savepoint is released when the next one starts, in the
+# same round trip (released ones leave no lock or subtransaction behind).
+_RESAVEPOINT_SQL = f"RELEASE SAVEPOINT {_STATEMENT_SAVEPOINT}; {_SAVEPOINT_SQL}"
+_RELEASE_SQL = f"RELEASE SAVEPOINT {_STATEMENT_SAVEPOINT}"
+_UNDO_SQL = f"ROLLBACK TO SAVEPOINT {_STATEMENT_SAVEPOINT}"
+_NO_SUCH_SAVEPOINT = "3B001"
+# On peewee's per-thread connection state (shared by every store on the database): the
+# (connection, outermost transaction) whose statement savepoint is open, or None.
+_MARK = "sprint_runner_statement_savepoint"
+_SAVEPOINT_VERBS = ("SAVEPOINT", "RELEASE", "ROLLBACK")
 
 # What a statement returns, taken from its cursor (prebuilt: hot paths make no lambdas).
 _ROWS = operator.methodcaller("fetchall")
@@ -46,6 +65,8 @@ def _RETURNED_ID(cursor: Any) -> Any:  # noqa: N802 - named like its siblings
     return cursor.fetchone()[0]
 
 _executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+_watched: weakref.WeakSet[peewee.Database] = weakref.WeakSet()  # see _watch_savepoints
+_watch_lock = threading.Lock()
 _fork_hook_lock = threading.Lock()
 _fork_hook_installed = False
 
@@ -67,6 +88,80 @@ def _install_fork_hook() -> None:
         if not _fork_hook_installed and hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=_after_fork_in_child)
             _fork_hook_installed = True
+
+
+def _watch_savepoints(database: peewee.Database) -> None:
+    """Forget the open statement savepoint whenever SQL run through peewee (its
+    atomic() and savepoint()) takes, releases or rolls back a savepoint: releasing
+    ours later would then release theirs too. Installed once per database."""
+    with _watch_lock:
+        if database in _watched:
+            return
+        _watched.add(database)
+    state = database._state  # type: ignore[attr-defined]
+
+    def forget_statement_savepoint(event: Any) -> None:
+        if event.sql.lstrip()[:9].upper().startswith(_SAVEPOINT_VERBS):
+            setattr(state, _MARK, None)
+
+    database.query_hooks.append(forget_statement_savepoint)
+
+
+def _psycopg2_socket(conn: Any) -> int | None:
+    return None if conn.closed else int(conn.fileno())
+
+
+def _pymysql_socket(conn: Any) -> int | None:
+    sock = conn._sock
+    return None if sock is None else int(sock.fileno())
+
+
+def _has_input(fd: int) -> bool:
+    """Return True if the server sent something to an idle connection (which it does only
+    when closing it: a kill, a shutdown, an idle timeout), without a round trip."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)  # pragma: no cover - Windows
+    return bool(readable)
+
+
+def _unsent(exc: BaseException) -> bool:
+    # Both drivers raise InterfaceError for a connection they know is closed, before
+    # sending anything (psycopg2 "connection already closed", PyMySQL "(0, '')").
+    return any(cls.__name__ == "InterfaceError" for cls in type(exc).__mro__)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_select(sql: str) -> bool:
+    return sql.lstrip()[:6].upper() == "SELECT"
+
+
+def _run(conn: Any, sql: str, params: Any, result: Callable[[Any], T]) -> T:
+    cursor = conn.cursor()
+    try:
+        cursor.execute(sql, params)
+        return result(cursor)
+    finally:
+        cursor.close()
+
+
+def _run_many(conn: Any, sql: str, rows: Any, result: Callable[[Any], T]) -> T:
+    cursor = conn.cursor()
+    try:
+        cursor.executemany(sql, rows)
+        return result(cursor)
+    finally:
+        cursor.close()
+
+
+def _nothing(cursor: Any) -> None:
+    return None
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -119,8 +214,26 @@ class Executor:
         # peewee's per-thread connection state; reading it directly keeps hot paths short.
         self._state: Any = database._state  # type: ignore[attr-defined]
         self._sqlite = self.backend == "sqlite"
+        if not self._sqlite:
+            self._init_server()
         _executors.add(self)
         _install_fork_hook()
+
+    def _init_server(self) -> None:
+        postgresql = self.backend == "postgresql"
+        self._socket_of: Callable[[Any], int | None] = (
+            _psycopg2_socket if postgresql else _pymysql_socket)
+        self._lost_codes = frozenset() if postgresql else _MYSQL_LOST_CODES
+        self._refused_codes = frozenset() if postgresql else _MYSQL_REFUSED_CODES
+        # PostgreSQL aborts the whole transaction on a failed statement; SQLite and MySQL
+        # undo only that statement. A savepoint per statement gives PostgreSQL theirs.
+        self._isolate_statements = postgresql
+        # psycopg2 binds parameters client-side, so the savepoint shares the statement's
+        # round trip; psycopg 3 binds server-side: one statement per call.
+        adapter = getattr(self.database, "_adapter", None)
+        self._savepoint_in_statement = type(adapter).__name__ == "Psycopg2Adapter"
+        if postgresql:
+            _watch_savepoints(self.database)
 
     # -- connections ---------------------------------------------------------------
 
@@ -144,18 +257,91 @@ class Executor:
 
         SQLite keeps one persistent connection per thread. A server connection is
         checked out of the pool for the block and returned at its end, unless the
-        thread already holds one (inside a transaction), so threads that come and
-        go never strand pooled connections.
+        thread already holds one (inside a transaction, or one it kept open), so
+        threads that come and go never strand pooled connections. A held connection
+        the server has closed is discarded and replaced first.
         """
-        if self._sqlite or not self.database.is_closed():
+        if self._sqlite:
             yield self._state.conn or self.connect()
             return
-        conn = self.connect()
+        if self._state.transactions:
+            yield self._state.conn
+            return
+        conn, checked_out = self._checkout()
         try:
             yield conn
         finally:
-            if not self.database.in_transaction():
-                self.database.close()
+            if checked_out:
+                self._checkin()
+
+    # Server connections (only the server paths call these).
+
+    def _checkout(self) -> tuple[Any, bool]:
+        """Return a live connection for a call outside a transaction, and whether the
+        call checked it out of the pool (and so returns it at its end).
+
+        A connection the thread already holds is reused if it is still open and the
+        server has not written to it while idle (what a kill, a shutdown or an idle
+        timeout does), a check without a round trip; else it is discarded. The pool
+        itself checks a connection it hands out (peewee pings it). Connecting is
+        retried once: nothing was sent yet.
+        """
+        state = self._state
+        if not state.closed:
+            if self._idle_and_alive(state.conn):
+                return state.conn, False
+            logger.warning("the connection to %s was closed by the server; discarding it",
+                           self.location)
+            self._discard(state.conn)
+        try:
+            return self.connect(), True
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            logger.warning("could not connect to %s (%s); trying once more", self.location,
+                           _first_line(exc))
+            return self.connect(), True
+
+    def _checkin(self) -> None:
+        if not self._state.closed and not self._state.transactions:
+            self.database.close()
+
+    def _idle_and_alive(self, conn: Any) -> bool:
+        fd = self._socket_of(conn)
+        return fd is not None and not _has_input(fd)
+
+    def _is_open(self, conn: Any) -> bool:
+        return self._socket_of(conn) is not None
+
+    def _lost(self, exc: BaseException, conn: Any) -> bool:
+        """Return True if ``exc`` means ``conn`` is dead."""
+        return not self._is_open(conn) or _server_code(exc) in self._lost_codes
+
+    def _discard(self, conn: Any) -> None:
+        """Close a dead connection and drop it from the pool, never to be handed out again.
+
+        Outside a transaction the thread forgets it at once; inside one it stays the
+        thread's (closed, so every statement fails clearly and none runs outside the
+        transaction) until the outermost block ends.
+        """
+        db = self.database
+        if isinstance(db, PooledDatabase):
+            with db._pool_lock:
+                db._in_use.pop(db.conn_key(conn), None)
+                db._pool_available.notify()
+        try:
+            conn.close()
+        except Exception:  # it is dead already; closing only frees it
+            logger.debug("closing a dead connection to %s failed", self.location,
+                         exc_info=True)
+        if not self._state.transactions and self._state.conn is conn:
+            self._state.reset()
+
+    def _forget_transaction(self) -> None:
+        """Drop the thread's dead connection and its transaction stack (the server has
+        rolled the transaction back when the connection died)."""
+        if self._state.conn is not None:
+            self._state.transactions = []
+            self._discard(self._state.conn)
+        self._state.reset()
 
     def close(self) -> None:
         """Close this thread's connection (and, for a pool, every idle one)."""
@@ -177,7 +363,7 @@ class Executor:
                 return cast(Sequence[Sequence[Any]], conn.execute(sql, params).fetchall())
             except Exception as exc:
                 return cast(Sequence[Sequence[Any]], self._sqlite_failed(exc, _ROWS, sql, params))
-        return cast(Sequence[Sequence[Any]], self._server(_ROWS, sql, params))
+        return cast(Sequence[Sequence[Any]], self._server(_ROWS, sql, params, read=True))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a write statement and return the number of rows it changed."""
@@ -208,28 +394,151 @@ class Executor:
                                       failed=exc)
         raise translate(exc) from exc
 
-    def _server(self, result: Callable[[Any], T], sql: str, params: Sequence[Any]) -> T:
-        """Run one statement on a (pooled) server connection; return ``result(cursor)``."""
-        with self.session() as conn:
+    def _server(self, result: Callable[[Any], T], sql: str, params: Any, *,
+                read: bool = False, runner: Callable[..., Any] = _run) -> T:
+        """Run one statement on a (pooled) server connection; return ``result(cursor)``.
+
+        Outside a transaction, a connection found dead is replaced and the statement
+        retried once when that is safe: nothing was sent yet, or it is a read. A write
+        lost after it was sent raises ConnectionLost: it may or may not have been
+        applied, so it is never re-sent. Inside a transaction see _in_transaction.
+        """
+        if self._state.transactions:
+            return cast(T, self._in_transaction(runner, sql, params, result))
+        for attempt in (1, 2):
+            conn, checked_out = self._checkout()
             try:
-                cursor = conn.cursor()
-                try:
-                    cursor.execute(sql, params)
-                    return result(cursor)
-                finally:
-                    cursor.close()
+                return cast(T, runner(conn, sql, params, result))
             except Exception as exc:
-                raise translate(exc) from exc
+                if not self._lost(exc, conn):
+                    raise translate(exc) from exc
+                self._discard(conn)
+                refused = _server_code(exc) in self._refused_codes
+                if refused:
+                    raise ConnectionLost(
+                        f"{self.location} refused the statement and closed the connection "
+                        f"({_first_line(exc)}); it was not applied; the next call opens a "
+                        "fresh connection") from exc
+                if not (_unsent(exc) or (read and _is_select(sql))):
+                    raise ConnectionLost(
+                        f"lost the connection to {self.location} while a write was in flight "
+                        f"({_first_line(exc)}); whether it was applied is unknown, so it was "
+                        "not re-sent; the next call opens a fresh connection") from exc
+                if attempt == 2:
+                    raise ConnectionLost(
+                        f"lost the connection to {self.location} ({_first_line(exc)}), and "
+                        "again on a fresh connection; the next call opens another") from exc
+                logger.warning("lost the connection to %s (%s); retrying once on a fresh one",
+                               self.location, _first_line(exc))
+            finally:
+                if checked_out:
+                    self._checkin()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _in_transaction(self, runner: Callable[..., Any], sql: str, params: Any,
+                        result: Callable[[Any], Any]) -> Any:
+        """Run a statement inside the thread's open server transaction.
+
+        A lost connection fails it with ConnectionLost (the server has rolled the
+        transaction back; nothing is retried). On PostgreSQL the statement runs under
+        a savepoint, so that its failure undoes only itself, as on the other backends.
+        """
+        conn = self._state.conn
+        if not self._is_open(conn):
+            raise self._lost_in_transaction("it was lost earlier in this transaction")
+        if self._isolate_statements:
+            return self._isolated(conn, runner, sql, params, result)
+        try:
+            return runner(conn, sql, params, result)
+        except Exception as exc:
+            raise self._failed_in_transaction(exc, conn) from exc
+
+    def _isolated(self, conn: Any, runner: Callable[..., Any], sql: str, params: Any,
+                  result: Callable[[Any], Any]) -> Any:
+        """Run a statement under a savepoint, so that its failure undoes only itself and
+        the transaction goes on (PostgreSQL; a bulk statement is undone as a whole)."""
+        state = self._state
+        mark = (conn, state.transactions[0])
+        held = getattr(state, _MARK, None)
+        head = (_RESAVEPOINT_SQL if held is not None and held[0] is conn and held[1] is mark[1]
+                else _SAVEPOINT_SQL)
+        setattr(state, _MARK, mark)
+        try:
+            if self._savepoint_in_statement and runner is _run:
+                return runner(conn, f"{head}; {sql}", params, result)
+            _run(conn, head, None, _nothing)
+            return runner(conn, sql, params, result)
+        except Exception as exc:
+            raise self._undo_statement(exc, conn) from exc
+
+    def _undo_statement(self, exc: Exception, conn: Any) -> BaseException:
+        """Roll back to the failed statement's savepoint; return what to raise."""
+        failed = self._failed_in_transaction(exc, conn)
+        if isinstance(failed, ConnectionLost):
+            return failed
+        if _server_code(exc) == _NO_SUCH_SAVEPOINT:
+            setattr(self._state, _MARK, None)
+            return type(failed)(
+                f"the store's statement savepoint on {self.location} is gone "
+                f"({_first_line(exc)}): SQL run beside the store inside this transaction "
+                "released or rolled back a savepoint older than it (nest blocks with "
+                "transaction(), not the database's atomic()); the transaction is aborted")
+        try:
+            _run(conn, _UNDO_SQL, None, _nothing)
+        except Exception as undo:
+            setattr(self._state, _MARK, None)
+            lost = self._failed_in_transaction(undo, conn)
+            if isinstance(lost, ConnectionLost):
+                return lost
+            logger.warning("could not roll back to the statement savepoint on %s",
+                           self.location, exc_info=True)
+        return failed
+
+    def _release_statement_savepoint(self, conn: Any) -> None:
+        """Release this transaction's open statement savepoint, if any (before a nested
+        savepoint, which must not sit on top of it)."""
+        if not self._isolate_statements:
+            return
+        held = getattr(self._state, _MARK, None)
+        setattr(self._state, _MARK, None)
+        if held is not None and held[0] is conn and held[1] is self._state.transactions[0]:
+            try:
+                _run(conn, _RELEASE_SQL, None, _nothing)
+            except Exception as exc:
+                raise self._failed_in_transaction(exc, conn) from exc
+
+    def _forget_statement_savepoint(self) -> None:
+        setattr(self._state, _MARK, None)
+
+    def _failed_in_transaction(self, exc: Exception, conn: Any) -> BaseException:
+        """Return what to raise for ``exc`` from a statement inside a transaction."""
+        if isinstance(exc, ConnectionLost):
+            return exc
+        if self._lost(exc, conn):
+            self._discard(conn)
+            return self._lost_in_transaction(_first_line(exc))
+        return translate(exc)
+
+    def _lost_in_transaction(self, why: str) -> ConnectionLost:
+        return ConnectionLost(
+            f"lost the connection to {self.location} inside a transaction ({why}); the "
+            "transaction is rolled back; the next call after the block opens a fresh "
+            "connection")
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement for many parameter rows (inside the caller's transaction)."""
-        with self.session() as conn:
-            try:
-                cursor = conn.cursor()
-                cursor.executemany(sql, rows)
-                cursor.close()
-            except Exception as exc:
-                raise translate(exc) from exc
+        if self._sqlite:
+            with self.session() as conn:
+                try:
+                    cursor = conn.cursor()
+                    cursor.executemany(sql, rows)
+                    cursor.close()
+                except Exception as exc:
+                    raise translate(exc) from exc
+            return
+        # A list, so that a retry (when nothing was sent) sends the same rows.
+        self._server(_nothing, sql, rows if isinstance(rows, Sequence) else list(rows),
+                     runner=_run_many)
 
     # -- the write lock --------------------------------------------------------------
 
@@ -278,33 +587,25 @@ class Executor:
         """
         db = self.database
         if db.in_transaction():
-            with db.atomic():
+            with db.atomic() if self._sqlite else self._server_savepoint():
                 yield
             return
-        with self.session() as conn:
-            if self.backend == "mysql":
-                self._mysql_lock(conn, lock)
+        if not self._sqlite:
+            with self._server_transaction(lock):
+                yield
+            return
+        with self.session():
+            txn = db.transaction("IMMEDIATE")
+            self._retry_locked(txn.__enter__)
             try:
-                if self._sqlite:
-                    txn = db.transaction("IMMEDIATE")
-                    self._retry_locked(txn.__enter__)
-                else:
-                    txn = db.transaction()
-                    self._enter(txn)
-                    if self.backend == "postgresql":
-                        self._pg_lock(txn, lock)
-                try:
-                    yield
-                except BaseException:
-                    txn.__exit__(*sys.exc_info())
-                    raise
-                try:
-                    txn.__exit__(None, None, None)
-                except Exception as exc:
-                    raise translate(exc) from exc
-            finally:
-                if self.backend == "mysql":
-                    self._mysql_unlock(conn, lock)
+                yield
+            except BaseException:
+                txn.__exit__(*sys.exc_info())
+                raise
+            try:
+                txn.__exit__(None, None, None)
+            except Exception as exc:
+                raise translate(exc) from exc
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -313,9 +614,12 @@ class Executor:
         if db.in_transaction():
             yield
             return
+        if not self._sqlite:
+            with self._server_transaction(None, "REPEATABLE READ"):
+                yield
+            return
         with self.session():
-            args = () if self._sqlite else ("REPEATABLE READ",)
-            txn = db.transaction(*args)
+            txn = db.transaction()
             self._enter(txn)
             try:
                 yield
@@ -330,12 +634,151 @@ class Executor:
         except Exception as exc:
             raise translate(exc) from exc
 
-    def _pg_lock(self, txn: Any, name: str) -> None:
+    # Server transactions (only the server paths call these).
+
+    @contextmanager
+    def _server_transaction(self, lock: str | None, *begin: str) -> Iterator[None]:
+        """Run the block as the outermost transaction on a live server connection.
+
+        Opening it (the write lock and BEGIN) is retried once on a fresh connection
+        if the connection is found dead: nothing of the block was sent yet. A
+        connection lost later fails the block with ConnectionLost; the dead
+        connection is discarded and the next call gets a fresh one.
+        """
+        for attempt in (1, 2):
+            conn, checked_out = self._checkout()
+            try:
+                txn = self._begin(conn, lock, begin)
+                break
+            except Exception as exc:
+                lost = self._lost(exc, conn) and not isinstance(exc, LockTimeout)
+                if lost:
+                    self._forget_transaction()
+                if checked_out:
+                    self._checkin()
+                if not lost:
+                    translated = translate(exc)
+                    if translated is exc:
+                        raise
+                    raise translated from exc
+                if attempt == 2:
+                    raise ConnectionLost(
+                        f"lost the connection to {self.location} ({_first_line(exc)}) "
+                        "starting a transaction, and again on a fresh connection") from exc
+                logger.warning("lost the connection to %s (%s) starting a transaction; "
+                               "retrying once on a fresh one", self.location, _first_line(exc))
         try:
-            self.database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (self._lock_key(name),))
-        except BaseException:
-            txn.__exit__(*sys.exc_info())
+            try:
+                yield
+            except BaseException as exc:
+                self._end_failed(txn, conn, exc)
+                raise
+            self._commit(txn, conn)
+        finally:
+            self._forget_statement_savepoint()
+            self._unlock(conn, lock)
+            if checked_out:
+                self._checkin()
+
+    def _begin(self, conn: Any, lock: str | None, begin: tuple[str, ...]) -> Any:
+        """Take the write lock (unless ``lock`` is None) and BEGIN; on failure nothing
+        is left open. Return peewee's transaction."""
+        if lock is not None:
+            self._lock_before_begin(conn, lock)
+        txn = self.database.transaction(*begin)
+        try:
+            self._enter(txn)
+            if lock is not None:
+                self._lock_after_begin(conn, lock)
+        except BaseException as exc:
+            try:
+                if self.database.in_transaction():
+                    self._end_failed(txn, conn, exc)
+            finally:
+                self._unlock(conn, lock)
             raise
+        return txn
+
+    def _end_failed(self, txn: Any, conn: Any, exc: BaseException | None) -> None:
+        """Roll back after the block raised ``exc``; if the connection was lost, forget it
+        (the server rolled back) and turn a database error into ConnectionLost."""
+        if self._is_open(conn):
+            try:
+                txn.__exit__(type(exc), exc, None)
+                return
+            except Exception as failed:
+                if not self._lost(failed, conn):
+                    raise translate(failed) from failed
+        self._forget_transaction()
+        if isinstance(exc, peewee.PeeweeException) and not isinstance(exc, ConnectionLost):
+            raise self._lost_in_transaction(_first_line(exc)) from exc
+
+    def _commit(self, txn: Any, conn: Any) -> None:
+        if not self._is_open(conn):  # the block caught the ConnectionLost and went on
+            self._forget_transaction()
+            raise self._lost_in_transaction("it was lost earlier in this transaction")
+        try:
+            txn.__exit__(None, None, None)
+        except Exception as exc:
+            if not self._lost(exc, conn):
+                raise translate(exc) from exc
+            self._forget_transaction()
+            raise ConnectionLost(
+                f"lost the connection to {self.location} during COMMIT ({_first_line(exc)}); "
+                "whether the transaction was committed is unknown, so nothing was re-sent; "
+                "the next call opens a fresh connection") from exc
+
+    @contextmanager
+    def _server_savepoint(self) -> Iterator[None]:
+        """A nested block: a savepoint, failing with ConnectionLost if the connection dies."""
+        conn = self._state.conn
+        if not self._is_open(conn):
+            raise self._lost_in_transaction("it was lost earlier in this transaction")
+        self._release_statement_savepoint(conn)
+        savepoint = self.database.savepoint()
+        try:
+            savepoint.__enter__()
+        except Exception as exc:
+            raise self._failed_in_transaction(exc, conn) from exc
+        try:
+            yield
+        except BaseException as exc:
+            # Rolling back to (or releasing) the block's savepoint ends any statement
+            # savepoint taken inside it.
+            self._forget_statement_savepoint()
+            if self._is_open(conn):
+                try:
+                    savepoint.__exit__(type(exc), exc, None)
+                except Exception as failed:
+                    raise self._failed_in_transaction(failed, conn) from failed
+            raise
+        self._forget_statement_savepoint()
+        if not self._is_open(conn):  # the block caught the ConnectionLost and went on
+            raise self._lost_in_transaction("it was lost earlier in this transaction")
+        try:
+            savepoint.__exit__(None, None, None)
+        except Exception as exc:
+            raise self._failed_in_transaction(exc, conn) from exc
+
+    def _lock_before_begin(self, conn: Any, name: str) -> None:
+        if self.backend == "mysql":
+            self._mysql_lock(conn, name)
+
+    def _lock_after_begin(self, conn: Any, name: str) -> None:
+        if self.backend == "postgresql":
+            _run(conn, "SELECT pg_advisory_xact_lock(%s)", (self._lock_key(name),), _ROWS)
+
+    def _unlock(self, conn: Any, name: str | None) -> None:
+        """Release a lock that outlives transactions (MySQL's named lock); a lock on a
+        dead connection died with it."""
+        if name is None or self.backend != "mysql" or not self._is_open(conn):
+            return
+        try:
+            self._mysql_unlock(conn, name)
+        except Exception as exc:
+            if not self._lost(exc, conn):
+                raise translate(exc) from exc
+            self._discard(conn)
 
     def _mysql_lock(self, conn: Any, name: str) -> None:
         cursor = conn.cursor()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -128,6 +129,71 @@ def empty_server_database(url: str) -> None:
                 cur.execute("SET FOREIGN_KEY_CHECKS = 1")
     finally:
         conn.close()
+
+
+class ServerSession:
+    """A second session on the test database, to lock tables and kill our own connections."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = _server_connect(url)
+
+    @staticmethod
+    def connection_id(store: Store) -> int:
+        """Return the server's id of the connection the store's next call in this thread uses."""
+        sql = "SELECT pg_backend_pid()" if BACKEND == "postgresql" else "SELECT CONNECTION_ID()"
+        return int(store._x.fetchall(sql)[0][0])
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self.conn.cursor() as cur:
+            cur.execute(sql, params or None)  # no parameters: no %-formatting
+            return list(cur.fetchall()) if cur.description else []
+
+    def is_alive(self, conn_id: int) -> bool:
+        if BACKEND == "postgresql":
+            return bool(self.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (conn_id,)))
+        return bool(self.execute(
+            "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s", (conn_id,)))
+
+    def waits_for_lock(self, conn_id: int) -> bool:
+        if BACKEND == "postgresql":
+            rows = self.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                                (conn_id,))
+            return bool(rows) and rows[0][0] == "Lock"
+        rows = self.execute("SELECT STATE FROM information_schema.PROCESSLIST WHERE ID = %s",
+                            (conn_id,))
+        return bool(rows) and "lock" in (rows[0][0] or "").lower()
+
+    def kill(self, conn_id: int) -> None:
+        """End connection ``conn_id`` (one this test opened) and wait until it is gone."""
+        if BACKEND == "postgresql":
+            self.execute("SELECT pg_terminate_backend(%s, 5000)", (conn_id,))
+        else:
+            self.execute(f"KILL {int(conn_id)}")
+        wait_until(lambda: not self.is_alive(conn_id), f"connection {conn_id} to end")
+
+    def wait_until(self, condition: Any, what: str, timeout: float = 10.0) -> None:
+        """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+        wait_until(condition, what, timeout)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def wait_until(condition: Any, what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def server_session(server_url: str, db_target: str) -> Iterator[ServerSession]:
+    """A second session on this test's server database (skips on SQLite runs)."""
+    session = ServerSession(db_target)
+    yield session
+    session.close()
 
 
 @pytest.fixture

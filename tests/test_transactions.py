@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import peewee
 import pytest
 
 from sprint_runner import IntegrityError, Store
@@ -156,3 +157,120 @@ def test_foreign_keys_on_for_every_connection(store: Store) -> None:
     assert store.database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.database.execute_sql("PRAGMA synchronous").fetchone()[0] == 1
     assert store.database.execute_sql("PRAGMA busy_timeout").fetchone()[0] == 30_000
+
+
+def test_failed_statement_inside_transaction_undoes_only_itself(store: Store) -> None:
+    with store.transaction():
+        batch = store.create_batch(1)
+        with pytest.raises(IntegrityError):
+            store.create_story(99999999, "orphan", "e")
+        kept = store.create_story(batch, "kept", "e")
+    assert [s["id"] for s in store.get_stories_by_batch(batch)] == [kept]
+
+
+def test_several_failures_and_nested_blocks_keep_the_rest(store: Store) -> None:
+    with store.transaction():
+        batch = store.create_batch(1)
+        with pytest.raises(IntegrityError):
+            store.create_story(99999999, "orphan", "e")
+        a = store.create_story(batch, "a", "e")
+        with store.transaction():
+            b = store.create_story(batch, "b", "e")
+            with pytest.raises(IntegrityError):
+                store.create_command(99999999, "dev-story", "t")
+            c = store.create_story(batch, "c", "e")
+        with pytest.raises(IntegrityError), store.transaction():
+            store.create_story(batch, "rolled-back", "e")
+            store.create_story(99999999, "orphan", "e")
+        with pytest.raises(IntegrityError):
+            store.update_story(a, batch_id=99999999)
+        d = store.create_story(batch, "d", "e")
+        with store.get_connection() as conn:
+            conn.cursor().execute("UPDATE batches SET max_cycles = 7")
+        e = store.create_story(batch, "e", "e")
+    assert [s["id"] for s in store.get_stories_by_batch(batch)] == [a, b, c, d, e]
+    assert store.get_story(a)["batch_id"] == batch
+    assert store.get_batch(batch)["max_cycles"] == 7
+
+
+def test_failed_bulk_insert_inside_transaction_is_all_or_nothing(store: Store) -> None:
+    with store.transaction():
+        batch = store.create_batch(1)
+        good = {"batch_id": batch, "epic_id": "e", "story_key": "k", "command": "c",
+                "task_id": "t", "status": "s"}
+        for size in (3, 2500):  # executemany on SQLite; multi-row INSERTs in chunks
+            events = [dict(good, message=str(i)) for i in range(size)]
+            events[-1]["story_id"] = 99999999
+            with pytest.raises(IntegrityError):
+                store.create_events(events)
+        store.create_event(batch, None, None, "e", "k", "c", "t", "s", "after")
+    assert [e["message"] for e in store.get_events_by_batch(batch)] == ["after"]
+
+
+def test_failed_read_inside_transaction_keeps_the_transaction(store: Store) -> None:
+    with store.transaction():
+        batch = store.create_batch(1)
+        with pytest.raises(peewee.DatabaseError):
+            store._x.fetchall("SELECT no_such_column FROM batches")
+        kept = store.create_story(batch, "kept", "e")
+    assert store.get_story(kept) is not None
+
+
+def test_many_statements_in_one_transaction(store: Store) -> None:
+    # One savepoint per statement on PostgreSQL must not pile up locks or subtransactions.
+    with store.transaction():
+        batch = store.create_batch(1)
+        for i in range(3000):
+            store.create_event(batch, None, None, "e", "k", "c", "t", "s", str(i))
+        if store.backend == "postgresql":
+            locks = store._x.fetchall("SELECT COUNT(*) FROM pg_locks WHERE pid = pg_backend_pid()")
+            assert locks[0][0] < 50
+    assert len(store.get_events_by_batch(batch)) == 3000
+
+
+def test_peewee_atomic_inside_transaction_around_store_calls(store: Store) -> None:
+    with store.transaction():
+        batch = store.create_batch(1)
+        with store.database.atomic():
+            a = store.create_story(batch, "a", "e")
+            with pytest.raises(IntegrityError):
+                store.create_story(99999999, "orphan", "e")
+            b = store.create_story(batch, "b", "e")
+        with pytest.raises(Boom), store.database.atomic():
+            store.create_story(batch, "rolled-back", "e")
+            raise Boom
+        with pytest.raises(IntegrityError):
+            store.create_story(99999999, "orphan", "e")
+        c = store.create_story(batch, "c", "e")
+    assert [s["id"] for s in store.get_stories_by_batch(batch)] == [a, b, c]
+
+
+def test_two_stores_on_one_database_share_a_transaction(store: Store) -> None:
+    other = Store(store.database, clock=store.clock, migrate=False)
+    with store.transaction():
+        batch = store.create_batch(1)
+        with pytest.raises(IntegrityError):
+            other.create_story(99999999, "orphan", "e")
+        a = other.create_story(batch, "a", "e")
+        with pytest.raises(IntegrityError):
+            store.create_story(99999999, "orphan", "e")
+        with other.transaction():
+            b = store.create_story(batch, "b", "e")
+        c = other.create_story(batch, "c", "e")
+    assert [s["id"] for s in store.get_stories_by_batch(batch)] == [a, b, c]
+
+
+def test_statement_savepoint_in_its_own_round_trip(store: Store) -> None:
+    if store.backend != "postgresql":
+        pytest.skip("the statement savepoint is PostgreSQL's")
+    store._x._savepoint_in_statement = False  # as under psycopg 3 (server-side binding)
+    with store.transaction():
+        batch = store.create_batch(1)
+        with pytest.raises(IntegrityError):
+            store.create_story(99999999, "orphan", "e")
+        with store.transaction():
+            a = store.create_story(batch, "a", "e")
+        with pytest.raises(IntegrityError):
+            store.create_story(99999999, "orphan", "e")
+        b = store.create_story(batch, "b", "e")
+    assert [s["id"] for s in store.get_stories_by_batch(batch)] == [a, b]
