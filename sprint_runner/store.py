@@ -22,7 +22,12 @@ import peewee
 
 from . import files, migrations
 from .clock import Clock, system_clock
-from .connect import DEFAULT_BUSY_TIMEOUT, DEFAULT_POOL_SIZE, copy_sqlite_file, open_database
+from .connect import (
+    DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_POOL_SIZE,
+    copy_sqlite_file,
+    open_database,
+)
 from .executor import DEFAULT_LOCK_RETRIES, Executor
 from .models import (
     COMMAND_STATUSES,
@@ -39,6 +44,8 @@ from .statements import Slot, Statement, columns_of, compile_query, fields_of
 from .validation import (
     INT64_MAX,
     INT64_MIN,
+    SURROGATE,
+    check_bool,
     check_choice,
     check_int,
     check_optional_int,
@@ -211,12 +218,6 @@ class _Statements:
         self.count_prunable_events = c(
             Event.select(peewee.fn.COUNT(Event.id)).join(Batch, on=(Batch.id == Event.batch))
             .where(prunable), expect=("running", "cutoff"))
-        # The same, for batches prune_batches keeps: a dry run of both counts no row twice.
-        self.count_prunable_events_kept = c(
-            Event.select(peewee.fn.COUNT(Event.id)).join(Batch, on=(Batch.id == Event.batch))
-            .where(prunable & (peewee.fn.COALESCE(Batch.ended_at, Batch.started_at)
-                               >= Slot("batch_cutoff"))),
-            expect=("running", "cutoff", "batch_cutoff"))
         # "< running OR > running" is "<> running" in a form idx_batches_status serves.
         not_running = (Batch.status < Slot("running")) | (Batch.status > Slot("running"))
         self.prunable_batches = c(
@@ -228,14 +229,24 @@ class _Statements:
             Event.select(Event.id).where(Event.batch == Slot("batch_id")).limit(Slot("limit")),
             expect=("batch_id", "limit"))
         batch_commands = Command.select(Command.id).where(Command.story.in_(batch_stories))
-        # Three disjoint predicates, each served by its own index, instead of one OR
-        # that SQLite would answer by scanning the whole events table.
+        # Events of other batches that point into this batch's stories or commands: two
+        # disjoint predicates, each served by its own index, instead of one OR that
+        # SQLite would answer by scanning the whole events table.
         other_batch = Event.batch != Slot("batch_id")
+        by_story = other_batch & Event.story.in_(batch_stories)
+        by_command = (other_batch & (Event.story.is_null() | Event.story.not_in(batch_stories))
+                      & Event.command.in_(batch_commands))
+        references = (("by_story", by_story, 2), ("by_command", by_command, 3))
+        self.referencing_batches = [
+            (name, c(Event.select(Event.batch).distinct().where(w), expect=("batch_id",) * n))
+            for name, w, n in references]
+        self.count_references = [
+            (name, c(Event.select(peewee.fn.COUNT(Event.id)).where(w), expect=("batch_id",) * n))
+            for name, w, n in references]
+        # A batch's tree, children first. Only the batch's own events: an event of another
+        # batch is never deleted with this one (a batch still referenced is kept instead).
         tree = (
             (Event, Event.batch == Slot("batch_id")),
-            (Event, other_batch & Event.story.in_(batch_stories)),
-            (Event, other_batch & (Event.story.is_null() | Event.story.not_in(batch_stories))
-             & Event.command.in_(batch_commands)),
             (Command, Command.story.in_(batch_stories)),
             (BackgroundTask, BackgroundTask.batch == Slot("batch_id")),
             (Story, Story.batch == Slot("batch_id")),
@@ -244,6 +255,10 @@ class _Statements:
         self.delete_batch_tree = [(m._meta.table_name, c(m.delete().where(w))) for m, w in tree]
         self.count_batch_tree = [
             (m._meta.table_name, c(m.select(peewee.fn.COUNT(m.id)).where(w))) for m, w in tree]
+        self.count_old_batch_events = c(
+            Event.select(peewee.fn.COUNT(Event.id)).where(
+                (Event.batch == Slot("batch_id")) & (Event.timestamp < Slot("cutoff"))),
+            expect=("batch_id", "cutoff"))
         self._pages: dict[tuple[Any, ...], Statement] = {}
         self._updates: dict[tuple[type[BaseModel], tuple[str, ...]], Statement] = {}
 
@@ -539,11 +554,18 @@ class Store:
         """Return events newest first (timestamp, then id, descending)."""
         check_int("limit", limit, minimum=0)
         check_int("offset", offset, minimum=0)
+        if limit > MAX_PAGE:
+            raise ValueError(f"limit must be <= {MAX_PAGE}, got {limit}; "
+                             "page_events or iter_events read more")
         return [dict(zip(EVENT_COLUMNS, r))
                 for r in self._x.fetchall(self._q.events_newest.sql, (limit, offset))]
 
     def get_events_by_batch(self, batch_id: int) -> list[Row]:
-        """Return the batch's events oldest first (timestamp, then id, ascending)."""
+        """Return all the batch's events oldest first (timestamp, then id, ascending).
+
+        Unbounded by contract (the old module's); ``iter_events(batch_id=...)``
+        streams a long batch in bounded memory.
+        """
         check_int("batch_id", batch_id)
         return [dict(zip(EVENT_COLUMNS, r))
                 for r in self._x.fetchall(self._q.events_by_batch.sql, (batch_id,))]
@@ -625,8 +647,7 @@ class Store:
         if limit > MAX_PAGE:
             raise ValueError(f"limit must be <= {MAX_PAGE}, got {limit}")
         filters = _event_filters(batch_id, story_key, command, status, since, until)
-        if not isinstance(newest_first, bool):
-            raise TypeError(f"newest_first must be a bool, not {newest_first!r}")
+        check_bool("newest_first", newest_first)
         after = None if cursor is None else _decode_cursor(cursor, newest_first)
         rows = self._event_chunk(filters, newest_first, after, limit + 1)
         events = [dict(zip(EVENT_COLUMNS, r)) for r in rows[:limit]]
@@ -664,8 +685,9 @@ class Store:
         """
         filters = _event_filters(batch_id, story_key, command, status, since, until)
         check_int("chunk_size", chunk_size, minimum=1)
-        if not isinstance(newest_first, bool):
-            raise TypeError(f"newest_first must be a bool, not {newest_first!r}")
+        if chunk_size > MAX_PAGE:
+            raise ValueError(f"chunk_size must be <= {MAX_PAGE}, got {chunk_size}")
+        check_bool("newest_first", newest_first)
         return self._iter_events(filters, newest_first, chunk_size)
 
     def _iter_events(self, filters: dict[str, Any], newest_first: bool,
@@ -733,6 +755,7 @@ class Store:
         Deletes in chunks of short transactions, so writers are never held up long.
         """
         check_int("older_than", older_than, minimum=0)
+        check_bool("dry_run", dry_run)
         q = self._q
         if dry_run:
             return int(self._x.fetchall(q.count_prunable_events.sql, ("running", older_than))[0][0])
@@ -757,26 +780,13 @@ class Store:
         with their stories, commands, events and background tasks; return counts per
         table (counted only, with ``dry_run``). A running batch is never touched.
 
-        A finished batch without ``ended_at`` counts from its ``started_at``.
+        A finished batch without ``ended_at`` counts from its ``started_at``. A batch
+        whose stories or commands are referenced by an event of a batch that is kept
+        is kept too: no event is ever deleted with a batch other than its own.
         """
         check_int("older_than", older_than, minimum=0)
-        q = self._q
-        counts = {m._meta.table_name: 0 for m in MODELS}
-        batch_ids = sorted(r[0] for r in self._x.fetchall(q.prunable_batches.sql,
-                                                           ("running", "running", older_than)))
-        for batch_id in batch_ids:
-            if dry_run:
-                with self._x.snapshot():
-                    for table, n in self._batch_tree_counts(batch_id).items():
-                        counts[table] += n
-                continue
-            deleted = self._x.retrying(functools.partial(self._delete_batch, batch_id))
-            for table, n in deleted.items():
-                counts[table] += n
-        if batch_ids and not dry_run:
-            logger.info("pruned %d batches older than %d from %s", counts["batches"],
-                        older_than, self.location)
-        return counts
+        check_bool("dry_run", dry_run)
+        return self._prune_batches(older_than, dry_run)[0]
 
     def prune(self, *, older_than: int, events_only: bool = False,
               dry_run: bool = False) -> dict[str, int]:
@@ -787,17 +797,66 @@ class Store:
         are not running. A dry run counts each row once, as a real run deletes it.
         """
         check_int("older_than", older_than, minimum=0)
+        check_bool("events_only", events_only)
+        check_bool("dry_run", dry_run)
+        pruned: list[int] = []
         if events_only:
             counts = {m._meta.table_name: 0 for m in MODELS}
         else:
-            counts = self.prune_batches(older_than=older_than, dry_run=dry_run)
-        if dry_run and not events_only:
-            counts["events"] += int(self._x.fetchall(
-                self._q.count_prunable_events_kept.sql,
-                ("running", older_than, older_than))[0][0])
+            counts, pruned = self._prune_batches(older_than, dry_run)
+        if dry_run:
+            # The old events of the batches counted above are already in counts.
+            with self._x.snapshot():
+                old = self._x.fetchall(self._q.count_prunable_events.sql,
+                                       ("running", older_than))[0][0]
+                for batch_id in pruned:
+                    old -= self._x.fetchall(self._q.count_old_batch_events.sql,
+                                            (batch_id, older_than))[0][0]
+            counts["events"] += int(old)
         else:
-            counts["events"] += self.prune_events(older_than=older_than, dry_run=dry_run)
+            counts["events"] += self.prune_events(older_than=older_than)
         return counts
+
+    def _prune_batches(self, older_than: int, dry_run: bool) -> tuple[dict[str, int], list[int]]:
+        counts = {m._meta.table_name: 0 for m in MODELS}
+        batch_ids = self._prunable_batches(older_than)
+        if dry_run:
+            with self._x.snapshot():
+                for batch_id in batch_ids:
+                    for table, n in self._batch_tree_counts(batch_id).items():
+                        counts[table] += n
+            return counts, batch_ids
+        # Every pruned batch's own events go first, so that one pruned batch's events
+        # that point into another pruned batch are gone before that batch is deleted.
+        for batch_id in batch_ids:
+            counts["events"] += self._delete_own_events(batch_id)
+        for batch_id in batch_ids:
+            deleted = self._x.retrying(functools.partial(self._delete_batch, batch_id))
+            for table, n in deleted.items():
+                counts[table] += n
+        if batch_ids:
+            logger.info("pruned %d batches older than %d from %s", counts["batches"],
+                        older_than, self.location)
+        return counts, batch_ids
+
+    def _prunable_batches(self, older_than: int) -> list[int]:
+        """Finished batches ended before the cutoff, less those still referenced by
+        events of batches that stay (repeated until no kept batch references one)."""
+        q = self._q
+        with self._x.snapshot():
+            candidates = [r[0] for r in self._x.fetchall(q.prunable_batches.sql,
+                                                         ("running", "running", older_than))]
+            referenced_by = {
+                batch_id: {r[0] for _, statement in q.referencing_batches
+                           for r in self._x.fetchall(statement.sql,
+                                                     statement.bind({"batch_id": batch_id}))}
+                for batch_id in candidates}
+        pruned = set(candidates)
+        while True:
+            kept = {b for b in pruned if not referenced_by[b] <= pruned}
+            if not kept:
+                return sorted(pruned)
+            pruned -= kept
 
     def _delete_events(self, ids: list[int]) -> int:
         deleted, start = 0, 0
@@ -814,23 +873,34 @@ class Store:
             counts[table] += int(self._x.fetchall(statement.sql, statement.bind(ids))[0][0])
         return counts
 
+    def _delete_own_events(self, batch_id: int) -> int:
+        """Delete the batch's own events in short transactions; return how many."""
+        def chunk() -> int:
+            with self._x.transaction():
+                ids = [r[0] for r in self._x.fetchall(self._q.batch_event_ids.sql,
+                                                      (batch_id, _CHUNK))]
+                return self._delete_events(ids)
+        total = 0
+        while True:
+            deleted = self._x.retrying(chunk)
+            total += deleted
+            if deleted < _CHUNK:
+                return total
+
     def _delete_batch(self, batch_id: int) -> dict[str, int]:
         q = self._q
+        ids = {"batch_id": batch_id}
         counts = {m._meta.table_name: 0 for m in MODELS}
-        # The batch's own events go first, in short chunks; then the rest in one block.
-        while True:
-            with self._x.transaction():
-                ids = [r[0] for r in self._x.fetchall(q.batch_event_ids.sql, (batch_id, _CHUNK))]
-                counts["events"] += self._delete_events(ids)
-            if len(ids) < _CHUNK:
-                break
         with self._x.transaction():
             still = self._x.fetchall(q.batch.sql, (batch_id,))
             if not still or still[0][BATCH_COLUMNS.index("status")] == "running":
                 return counts
+            # An event of another batch written since the batch was chosen keeps it.
+            if any(self._x.fetchall(s.sql, s.bind(ids))[0][0] for _, s in q.count_references):
+                logger.warning("kept batch %d: events of another batch reference it", batch_id)
+                return counts
             for table, statement in q.delete_batch_tree:
-                counts[table] += self._x.execute(statement.sql,
-                                                 statement.bind({"batch_id": batch_id}))
+                counts[table] += self._x.execute(statement.sql, statement.bind(ids))
         return counts
 
     # -- operations --------------------------------------------------------------------
@@ -999,7 +1069,10 @@ def _event_row(batch_id: object, story_id: object, command_id: object, epic_id: 
             and (message is None or type(message) is str)
             and "\x00" not in epic_id and "\x00" not in story_key and "\x00" not in command
             and "\x00" not in task_id and "\x00" not in status
-            and (message is None or "\x00" not in message)):
+            and (message is None or "\x00" not in message)
+            and epic_id.isascii() and story_key.isascii() and command.isascii()
+            and task_id.isascii() and status.isascii()
+            and (message is None or message.isascii() or not SURROGATE.search(message))):
         return (batch_id, story_id, command_id, timestamp, epic_id, story_key, command,
                 task_id, status, message)
     check_int("batch_id", batch_id)
@@ -1055,16 +1128,22 @@ def _encode_cursor(last_id: int, newest_first: bool) -> str:
 
 
 def _decode_cursor(cursor: object, newest_first: bool) -> int:
-    if not isinstance(cursor, str) or not cursor:
+    if not isinstance(cursor, str):
         raise TypeError(f"cursor must be a str from a previous page's next_cursor, not {cursor!r}")
+    invalid = ValueError(f"invalid cursor {cursor!r}: pass a next_cursor value unchanged")
+    if not cursor or len(cursor) > 64 or not cursor.isascii():
+        raise invalid
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, direction, last = raw.split(":")
-        last_id = int(last)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValueError(f"invalid cursor {cursor!r}: pass a next_cursor value unchanged") from None
-    if prefix != _CURSOR_PREFIX:
-        raise ValueError(f"invalid cursor {cursor!r}: pass a next_cursor value unchanged")
+        raise invalid from None
+    # Plain ASCII digits of an id the tables can hold: int() alone takes "+1", " 1",
+    # other scripts' digits and ids no backend stores.
+    if (prefix != _CURSOR_PREFIX or not last.isascii() or not last.isdigit()
+            or len(last) > 19 or int(last) > INT64_MAX):
+        raise invalid
+    last_id = int(last)
     if direction != ("d" if newest_first else "a"):
         raise ValueError(f"cursor {cursor!r} was made with newest_first={not newest_first}")
     return last_id

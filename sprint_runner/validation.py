@@ -1,6 +1,7 @@
 """Argument checks, derived from the models, raised before anything is written."""
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,16 @@ INT64_MAX = 2**63 - 1
 
 _MINIMUM = {"max_cycles": 1, "cycles_completed": 0}
 """Lower bounds for counts; timestamps (``*_at``, ``timestamp``) must be >= 0."""
+
+SURROGATE = re.compile("[\ud800-\udfff]")
+"""A lone surrogate cannot be encoded for any backend; it would fail later, unnamed."""
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool, else raise naming ``name`` (``"no"`` is not False)."""
+    if type(value) is not bool:
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}: {value!r}")
+    return value
 
 
 def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
@@ -38,7 +49,8 @@ def check_text(name: str, value: object, *, max_length: int | None = None,
                allow_empty: bool = False) -> str:
     """Return ``value`` if it is a str the database can store, else raise naming ``name``."""
     if (type(value) is str and (value or allow_empty)
-            and (max_length is None or len(value) <= max_length) and "\x00" not in value):
+            and (max_length is None or len(value) <= max_length) and "\x00" not in value
+            and (value.isascii() or not SURROGATE.search(value))):
         return value  # the common case, decided in one expression (hot paths)
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}: {value!r}")
@@ -49,6 +61,8 @@ def check_text(name: str, value: object, *, max_length: int | None = None,
     if "\x00" in value:
         # PostgreSQL cannot store NUL in text; refuse it everywhere so every backend agrees.
         raise ValueError(f"{name} must not contain NUL characters")
+    if SURROGATE.search(value):
+        raise ValueError(f"{name} contains a lone surrogate ({value!r}), not valid Unicode text")
     return value
 
 

@@ -1,6 +1,8 @@
 """Event history at scale: keyset pages, tail, streaming, bulk insert, retention."""
 from __future__ import annotations
 
+import base64
+
 import tracemalloc
 from typing import Any
 
@@ -155,6 +157,18 @@ def _matches(event: dict[str, Any], key: str, value: Any) -> bool:
     ({"limit": "5"}, TypeError, "limit"),
     ({"cursor": "garbage!"}, ValueError, "invalid cursor"),
     ({"cursor": 12}, TypeError, "cursor"),
+    # Issue 10, item 13: "" was a TypeError, a 25-digit id an OverflowError on SQLite
+    # (and accepted silently by the servers).
+    ({"cursor": ""}, ValueError, "invalid cursor"),
+    ({"cursor": base64.urlsafe_b64encode(b"ev1:d:" + b"9" * 25).decode()}, ValueError,
+     "invalid cursor"),
+    ({"cursor": base64.urlsafe_b64encode(b"ev1:d:9223372036854775808").decode()}, ValueError,
+     "invalid cursor"),
+    ({"cursor": base64.urlsafe_b64encode(b"ev1:d:+5").decode()}, ValueError, "invalid cursor"),
+    ({"cursor": base64.urlsafe_b64encode("ev1:d:\u0665".encode()).decode()}, ValueError,
+     "invalid cursor"),
+    ({"cursor": "\ud800"}, ValueError, "invalid cursor"),
+    ({"story_key": "\ud800"}, ValueError, "surrogate"),
     ({"batch_id": "1"}, TypeError, "batch_id"),
     ({"story_key": ""}, ValueError, "story_key"),
     ({"since": -1}, ValueError, "since"),
@@ -163,6 +177,17 @@ def _matches(event: dict[str, Any], key: str, value: Any) -> bool:
 def test_page_events_bad_arguments(store: Store, kwargs, error, fragment) -> None:
     with pytest.raises(error, match=fragment):
         store.page_events(**kwargs)
+
+
+@pytest.mark.parametrize(("call", "fragment"), [
+    # Issue 10, item 12: these took 1.1 GiB and 673 MiB over 1M events.
+    (lambda s: s.get_events(limit=10**12), "limit must be <= 10000"),
+    (lambda s: s.iter_events(chunk_size=10**9), "chunk_size must be <= 10000"),
+    (lambda s: s.tail_events(0, limit=10**6), "limit must be <= 10000"),
+])
+def test_event_reads_are_bounded(store: Store, call, fragment) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        call(store)
 
 
 def test_cursor_direction_is_checked(store: Store, batch: int) -> None:
@@ -269,12 +294,86 @@ def test_prune_batches(store: Store, aged) -> None:
     assert store.prune_batches(older_than=aged["cutoff"]) == {k: 0 for k in expected}
 
 
-def test_prune_batches_takes_cross_batch_references(store: Store, aged) -> None:
-    # An event of the recent batch that points at the old batch's story goes too.
-    store.create_event(aged["recent"], aged["story"], None, "1", "1-1", "c", "t", "s", None)
-    counts = store.prune_batches(older_than=aged["cutoff"])
-    assert counts["events"] == 1507
-    assert len(store.get_events_by_batch(aged["recent"])) == 30
+def test_prune_never_deletes_an_event_of_a_running_batch(store: Store, aged) -> None:
+    # Issue 10, item 3: an event of a running batch that points at an old finished
+    # batch's story and command was deleted with that batch. The batch is kept instead.
+    event = store.create_event(aged["old_running"], aged["story"], None, "1", "1-1", "c", "t",
+                               "s", None)
+    command = store.get_commands_by_story(aged["story"])[0]["id"]
+    by_command = store.create_event(aged["old_running"], None, command, "1", "1-1", "c", "t",
+                                    "s", None)
+    before = store.table_counts()
+    dry = store.prune(older_than=aged["cutoff"], dry_run=True)
+    assert dry["batches"] == 0 and dry["stories"] == 0
+    # The kept batch's old events still age out, as with any finished batch.
+    assert dry["events"] == 1501
+    assert store.table_counts() == before
+    assert store.prune(older_than=aged["cutoff"]) == dry
+    assert store.get_batch(aged["old_done"]) is not None
+    assert store.get_story(aged["story"]) is not None
+    ids = {e["id"] for e in store.get_events_by_batch(aged["old_running"])}
+    assert {event, by_command} <= ids and len(ids) == 42
+
+
+def test_prune_keeps_a_batch_referenced_by_a_recent_batch(store: Store, aged) -> None:
+    event = store.create_event(aged["recent"], aged["story"], None, "1", "1-1", "c", "t", "s",
+                               None)
+    assert store.prune_batches(older_than=aged["cutoff"], dry_run=True)["batches"] == 0
+    assert store.prune_batches(older_than=aged["cutoff"])["batches"] == 0
+    assert event in {e["id"] for e in store.get_events_by_batch(aged["recent"])}
+
+
+def test_prune_keeps_a_chain_that_ends_in_a_kept_batch(store: Store, clock) -> None:
+    # a <- b (b's event points into a) <- running c: b stays, so a stays too.
+    a, b = store.create_batch(1), store.create_batch(1)
+    story_a = store.create_story(a, "1-1", "1")
+    story_b = store.create_story(b, "1-2", "1")
+    store.create_event(b, story_a, None, "1", "1-1", "c", "t", "s", None)
+    for batch in (a, b):
+        store.update_batch(batch, status="completed", ended_at=clock.now)
+    clock.advance(1000)
+    c = store.create_batch(1)
+    store.create_event(c, story_b, None, "1", "1-2", "c", "t", "s", None)
+    assert store.prune_batches(older_than=clock.now)["batches"] == 0
+    assert store.get_batch(a) is not None and store.get_batch(b) is not None
+    store.update_batch(c, status="completed", ended_at=clock.now)
+    clock.advance(1000)
+    assert store.prune_batches(older_than=clock.now) == {
+        "batches": 3, "stories": 2, "commands": 0, "events": 2, "background_tasks": 0}
+
+
+def test_prune_dry_run_counts_cross_references_once(store: Store, clock) -> None:
+    # Issue 10, item 6: an event that references a story of another batch being pruned
+    # was counted with both batches (203 counted, 197 deleted).
+    a, b = store.create_batch(1), store.create_batch(1)
+    story_a = store.create_story(a, "1-1", "1")
+    command_a = store.create_command(story_a, "dev-story", "t")
+    for _ in range(3):
+        store.create_event(b, story_a, command_a, "1", "1-1", "c", "t", "s", None)
+        store.create_event(b, None, command_a, "1", "1-1", "c", "t", "s", None)
+    store.create_events(_events(a, 10) + _events(b, 10))
+    for batch in (a, b):
+        store.update_batch(batch, status="completed", ended_at=clock.now)
+    clock.advance(1000)
+    expected = {"batches": 2, "stories": 1, "commands": 1, "events": 26, "background_tasks": 0}
+    assert store.prune(older_than=clock.now, dry_run=True) == expected
+    assert store.prune_batches(older_than=clock.now, dry_run=True) == expected
+    assert store.prune(older_than=clock.now) == expected
+    assert store.table_counts() == {k: 0 for k in expected}
+
+
+@pytest.mark.parametrize("call", [
+    lambda s: s.prune(older_than=0, dry_run="no"),
+    lambda s: s.prune(older_than=0, events_only=1),
+    lambda s: s.prune_events(older_than=0, dry_run=None),
+    lambda s: s.prune_batches(older_than=0, dry_run="yes"),
+])
+def test_prune_flags_must_be_bools(store: Store, call) -> None:
+    # Issue 10, item 13: dry_run="no" did a dry run.
+    before = store.table_counts()
+    with pytest.raises(TypeError, match="must be a bool"):
+        call(store)
+    assert store.table_counts() == before
 
 
 def test_running_batch_is_never_pruned(store: Store, clock) -> None:

@@ -94,6 +94,18 @@ BAD_CALLS = [
     ("get_story_by_key swapped", lambda s, w: s.get_story_by_key(w["batch"], "2a-1"),
      TypeError, "story_key"),
     ("heartbeat str", lambda s, w: s.heartbeat("1"), TypeError, "batch_id"),
+    # Issue 10, item 13: a lone surrogate passed validation and failed later with a
+    # UnicodeEncodeError that named no parameter.
+    ("surrogate story_key", lambda s, w: s.create_story(w["batch"], "2a-\ud800", "2a"),
+     ValueError, "story_key contains a lone surrogate"),
+    ("surrogate message", lambda s, w: s.create_event(w["batch"], None, None, "e", "k", "c",
+                                                      "t", "s", "x\udfff"), ValueError,
+     "message contains a lone surrogate"),
+    ("surrogate update", lambda s, w: s.update_command(w["command"], output_summary="\ud83d"),
+     ValueError, "output_summary contains a lone surrogate"),
+    ("surrogate in a batch of events", lambda s, w: s.create_events([{
+        "batch_id": w["batch"], "epic_id": "e", "story_key": "k", "command": "c",
+        "task_id": "t", "status": "s", "message": "\ud800"}]), ValueError, "surrogate"),
     ("recover negative", lambda s, w: s.recover_stale_batches(-1), ValueError, "stale_after"),
 ]
 
@@ -134,10 +146,8 @@ def test_missing_parent_raises_integrity_error(store: Store, world, call) -> Non
 
 
 def test_integrity_error_catchable_as_sqlite3(store: Store, world) -> None:
-    try:
+    with pytest.raises(sqlite3.IntegrityError):
         store.create_story(424242, "k", "e")
-    except sqlite3.IntegrityError:
-        pass
     assert store.get_stories_by_batch(world["batch"])[0]["id"] == world["story"]
 
 
