@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import json
 import logging
 import os
 import re
@@ -20,15 +19,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, NoReturn
 
 import peewee
 
-from . import __version__, db, files, migrations
+from . import __version__, db, files, migrations, untrusted
 from .clock import system_clock
 from .connect import backend_of, describe, mask_secrets, mask_url, open_database
 from .migrations import SchemaState
 from .store import EVENT_COLUMNS, MAX_PAGE, Row, Store, sqlite_storage_info
+from .untrusted import for_terminal, json_text
+from .validation import INT64_MAX
 
 PROG = "sprint-runner-db"
 
@@ -37,6 +38,9 @@ _AGE_RE = re.compile(r"(?:\s*\d+\s*[wdhms])+\s*")
 _AGE_PART_RE = re.compile(r"(\d+)\s*([wdhms])")
 _EPOCH_RE = re.compile(r"\d+(?:\.\d*)?")
 _TAIL_CHUNK = 1000
+_MIN_INTERVAL = 0.1
+_LATEST_MOMENT = 253402300799
+"""9999-12-31 23:59:59 UTC: the last second ``datetime`` can show."""
 _PROGRESS_EVERY = 5000
 
 _sleep: Callable[[float], None] = time.sleep
@@ -72,7 +76,10 @@ class Moment(NamedTuple):
 def _age_seconds(text: str) -> int | None:
     if not _AGE_RE.fullmatch(text):
         return None
-    return sum(int(n) * _UNITS[unit] for n, unit in _AGE_PART_RE.findall(text))
+    seconds = sum(int(n) * _UNITS[unit] for n, unit in _AGE_PART_RE.findall(text))
+    if seconds > INT64_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: too long a time")
+    return seconds
 
 
 def parse_moment(text: str) -> Moment:
@@ -82,7 +89,12 @@ def parse_moment(text: str) -> Moment:
     if age is not None:
         return Moment(age, relative=True)
     if _EPOCH_RE.fullmatch(text):
-        return Moment(int(float(text)), relative=False)
+        # int() of the whole part: float() turns 400 digits into inf, then OverflowError.
+        seconds = int(text.partition(".")[0])
+        if seconds > _LATEST_MOMENT:
+            raise argparse.ArgumentTypeError(
+                f"invalid time {text[:40]!r}{'...' if len(text) > 40 else ''}: after 9999")
+        return Moment(seconds, relative=False)
     iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text  # 3.10 lacks "Z"
     try:
         seconds = int(datetime.datetime.fromisoformat(iso).timestamp())
@@ -101,21 +113,23 @@ def parse_duration(text: str) -> int:
     age = _age_seconds(text)
     if age is not None:
         return age
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
+        if int(text) > INT64_MAX:
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: too long a time")
         return int(text)
     raise argparse.ArgumentTypeError(
         f"invalid duration {text!r}: use seconds or a length like 45s, 10m, 2h, 30d, 1w")
 
 
-def _count(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+def _count(minimum: int, maximum: int = INT64_MAX) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-            raise argparse.ArgumentTypeError(f"{value} is out of range: must be {bound}")
+        digits = text.strip()
+        if not digits.isascii() or not digits.lstrip("-").isdigit() or len(digits) > 40:
+            raise argparse.ArgumentTypeError(f"invalid number {text[:40]!r}")
+        value = int(digits)
+        if not minimum <= value <= maximum:
+            bound = f">= {minimum}" if maximum == INT64_MAX else f"between {minimum} and {maximum}"
+            raise argparse.ArgumentTypeError(f"{digits} is out of range: must be {bound}")
         return value
     parse.__name__ = "number"
     return parse
@@ -127,8 +141,10 @@ def _interval(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"invalid interval {text!r}: use seconds, e.g. 1 or 0.5") from None
-    if not 0 < value <= 3600:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"interval must be > 0 and <= 3600 seconds, got {text}")
+    # A shorter interval polls the database thousands of times a second; also refuses nan.
+    if not _MIN_INTERVAL <= value <= 3600:
+        raise argparse.ArgumentTypeError(
+            f"interval must be between {_MIN_INTERVAL} and 3600 seconds, got {text}")
     return value
 
 
@@ -192,22 +208,31 @@ def _plural(n: int, word: str, many: str | None = None) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    cells = [[str(h) for h in headers]] + [[_one_line(c) for c in row] for row in rows]
+    # Escaped before the widths are taken, so the columns line up as printed.
+    cells = [[str(h) for h in headers]] + [[for_terminal(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
             for row in cells]
 
 
+def _say(*lines: str) -> None:
+    """Print lines for people; every value in them may be agent output, so each line is
+    shown with its control characters escaped (a value can neither add a line nor send
+    the terminal a command)."""
+    for line in lines:
+        print(for_terminal(line))
+
+
 def _print_json(value: object) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    print(json_text(value, indent=2))
 
 
 def _event_line(event: Row, now: int | None) -> str:
     """One event for people; the time is short when ``now`` is given and it is today."""
     when = local_time(event["timestamp"]) if now is None else _clock_time(event["timestamp"], now)
-    message = _one_line(event["message"] or "")
-    return (f"{when}  {event['story_key']:<10} {event['command']:<14} "
-            f"{event['status']:<8} {message}").rstrip()
+    key, command, status = (for_terminal(event[k]) for k in ("story_key", "command", "status"))
+    return (f"{when}  {key:<10} {command:<14} {status:<8} "
+            f"{for_terminal(event['message'] or '')}").rstrip()
 
 
 # -- opening the database ------------------------------------------------------------------
@@ -316,12 +341,12 @@ def _migrate(args: argparse.Namespace, *, create: bool, dry_run: bool) -> int:
                          "schema_version": after, "previous_version": before,
                          "applied": applied})
         elif applied and fresh:
-            print(f"created {store.location} at schema version {after}")
+            _say(f"created {store.location} at schema version {after}")
         elif applied:
-            print(f"migrated {store.location} from schema version {before} to {after} "
+            _say(f"migrated {store.location} from schema version {before} to {after} "
                   f"(applied {', '.join(str(v) for v in applied)})")
         else:
-            print(f"{store.location} is at schema version {after}: up to date")
+            _say(f"{store.location} is at schema version {after}: up to date")
     return 0
 
 
@@ -342,11 +367,11 @@ def _migrate_dry_run(args: argparse.Namespace) -> int:
                      "previous_version": version, "applied": [],
                      "pending": [{"version": v, "name": n} for v, n in pending]})
     elif not pending:
-        print(f"{location} is at schema version {version}: up to date")
+        _say(f"{location} is at schema version {version}: up to date")
     else:
-        print(f"{location} is at schema version {version}; `{PROG} migrate` would apply:")
+        _say(f"{location} is at schema version {version}; `{PROG} migrate` would apply:")
         for v, name in pending:
-            print(f"  {v}  {name}")
+            _say(f"  {v}  {name}")
     return 0
 
 
@@ -401,11 +426,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(summary)
         elif summary is None:
-            print(f"no batches yet in {store.location}")
+            _say(f"no batches yet in {store.location}")
         else:
             if summary["batch"]["status"] != "running":
-                print(f"No batch is running; the last one in {store.location}:")
-            print("\n".join(_status_lines(store, summary, now)))
+                _say(f"No batch is running; the last one in {store.location}:")
+            _say(*_status_lines(store, summary, now))
     return 0
 
 
@@ -416,15 +441,15 @@ def _cmd_batches(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(batches)
     elif not batches:
-        print("no batches yet")
+        _say("no batches yet")
     else:
         rows = [(b["id"], b["status"], f"{b['cycles_completed'] or 0}/{b['max_cycles']}",
                  local_time(b["started_at"]),
                  _took(b["started_at"], b["ended_at"], now).replace("took ", ""),
                  _ago(b["heartbeat_at"], now) if b["status"] == "running" else "-",
                  b["owner"] or "-") for b in batches]
-        print("\n".join(_table(("ID", "STATUS", "CYCLES", "STARTED", "DURATION",
-                                "HEARTBEAT", "OWNER"), rows)))
+        _say(*_table(("ID", "STATUS", "CYCLES", "STARTED", "DURATION", "HEARTBEAT", "OWNER"),
+                     rows))
     return 0
 
 
@@ -446,15 +471,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
                      "background_tasks": tasks})
         return 0
     owner = f" by {batch['owner']}" if batch["owner"] else ""
-    print(f"Batch {batch['id']} - {batch['status']} - "
+    _say(f"Batch {batch['id']} - {batch['status']} - "
           f"cycle {batch['cycles_completed'] or 0} of {batch['max_cycles']} done")
-    print(f"  started  {local_time(batch['started_at'])}{owner}")
-    print(f"  ended    {local_time(batch['ended_at'])}  "
+    _say(f"  started  {local_time(batch['started_at'])}{owner}")
+    _say(f"  ended    {local_time(batch['ended_at'])}  "
           f"{_took(batch['started_at'], batch['ended_at'], now)}")
     if batch["status"] == "running":
-        print(f"  heartbeat {_ago(batch['heartbeat_at'], now)}")
-    print()
-    print(f"{_plural(len(stories), 'story', 'stories')}:")
+        _say(f"  heartbeat {_ago(batch['heartbeat_at'], now)}")
+    _say("")
+    _say(f"{_plural(len(stories), 'story', 'stories')}:")
     # One table for every command, so columns line up across stories.
     rows = [(f"#{c['id']}", c["command"], c["task_id"], c["status"],
              _took(c["started_at"], c["ended_at"], now).replace("took ", ""),
@@ -462,19 +487,19 @@ def _cmd_show(args: argparse.Namespace) -> int:
     lines = _table(("", "COMMAND", "TASK", "STATUS", "TIME", "SUMMARY"), rows)[1:]
     line_of = {c["id"]: line for c, line in zip(commands, lines, strict=True)}
     for s in stories:
-        print(f"  {s['story_key']} (epic {s['epic_id']}, #{s['id']})  {s['status']}  "
+        _say(f"  {s['story_key']} (epic {s['epic_id']}, #{s['id']})  {s['status']}  "
               f"started {local_time(s['started_at'])}, "
               f"{_took(s['started_at'], s['ended_at'], now)}")
         for c in by_story.get(s["id"], []):
-            print("    " + line_of[c["id"]])
+            _say("    " + line_of[c["id"]])
     if tasks:
-        print()
-        print(f"{_plural(len(tasks), 'background task')}:")
+        _say("")
+        _say(f"{_plural(len(tasks), 'background task')}:")
         task_rows = [(f"#{t['id']}", t["task_type"], t["story_key"], t["status"],
                       f"spawned {local_time(t['spawned_at'])}",
                       _took(t["spawned_at"], t["completed_at"], now)) for t in tasks]
         for line in _table(("", "TYPE", "STORY", "STATUS", "SPAWNED", "TIME"), task_rows)[1:]:
-            print("  " + line)
+            _say("  " + line)
     return 0
 
 
@@ -495,14 +520,13 @@ def _cmd_events(args: argparse.Namespace) -> int:
         return 0
     events = page["events"]
     if not events:
-        print("no events match")
+        _say("no events match")
         return 0
     rows = [(e["id"], local_time(e["timestamp"]), e["batch_id"], e["story_key"], e["command"],
              e["status"], e["message"] or "") for e in events]
-    print("\n".join(_table(("ID", "TIME", "BATCH", "STORY", "COMMAND", "STATUS", "MESSAGE"),
-                           rows)))
+    _say(*_table(("ID", "TIME", "BATCH", "STORY", "COMMAND", "STATUS", "MESSAGE"), rows))
     if page["next_cursor"]:
-        print(f"(more: add --cursor {page['next_cursor']})")
+        _say(f"(more: add --cursor {page['next_cursor']})")
     return 0
 
 
@@ -511,10 +535,8 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         with opened(args) as store:
 
             def emit(event: Row) -> None:
-                if args.json:
-                    print(json.dumps(event, ensure_ascii=False), flush=True)
-                else:
-                    print(_event_line(event, None), flush=True)
+                line = json_text(event) if args.json else _event_line(event, None)
+                print(line, flush=True)
 
             recent = store.page_events(limit=max(args.lines, 1), batch_id=args.batch)["events"]
             after = recent[0]["id"] if recent else 0
@@ -540,21 +562,30 @@ def _write_events(rows: Iterator[Row], out: IO[str], fmt: str,
                   progress: Callable[[int], None] | None) -> int:
     count = 0
     if fmt == "csv":
-        writer = csv.writer(out, lineterminator="\n")
+        # RFC 4180's CRLF: with "\n" alone, csv leaves a field holding a bare CR unquoted,
+        # and a reader splits the row there.
+        writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(EVENT_COLUMNS)
+        # A spreadsheet would run a cell such as "=HYPERLINK(...)"; a terminal would obey
+        # the escape sequences in one.
+        cell = _terminal_cell if out.isatty() else untrusted.csv_cell
         for row in rows:
-            writer.writerow([row[c] for c in EVENT_COLUMNS])
+            writer.writerow([cell(row[c]) for c in EVENT_COLUMNS])
             count += 1
             if progress is not None and count % _PROGRESS_EVERY == 0:
                 progress(count)
     else:
         for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False))
+            out.write(json_text(row))
             out.write("\n")
             count += 1
             if progress is not None and count % _PROGRESS_EVERY == 0:
                 progress(count)
     return count
+
+
+def _terminal_cell(value: object) -> object:
+    return value if value is None or type(value) is int else for_terminal(untrusted.csv_cell(value))
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -593,8 +624,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"path": args.output, "format": args.format, "events": count})
         else:
-            print(f"exported {_plural(count, 'event')} to {args.output} ({args.format})")
+            _say(f"exported {_plural(count, 'event')} to {args.output} ({args.format})")
     return 0
+
+
+_ONE_ROW = {"stories": "story", "commands": "command", "background_tasks": "background task"}
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -607,13 +641,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                      "events_only": args.events_only, "deleted": counts})
         return 0
     verb = "would delete" if args.dry_run else "deleted"
-    print(f"cutoff: {local_time(cutoff)}")
+    _say(f"cutoff: {local_time(cutoff)}")
     if not args.events_only:
-        contents = ", ".join(f"{n} {table.replace('_', ' ')}" for table, n in counts.items()
-                             if table not in ("batches", "events"))
-        print(f"{verb} {_plural(counts['batches'], 'finished batch', 'finished batches')}"
+        contents = ", ".join(_plural(n, _ONE_ROW[table], table.replace("_", " "))
+                             for table, n in counts.items() if table not in ("batches", "events"))
+        _say(f"{verb} {_plural(counts['batches'], 'finished batch', 'finished batches')}"
               f" that ended before it" + (f" ({contents})" if counts["batches"] else ""))
-    print(f"{verb} {_plural(counts['events'], 'event')} in all, older ones of batches "
+    _say(f"{verb} {_plural(counts['events'], 'event')} in all, older ones of batches "
           "that are not running included")
     return 0
 
@@ -628,14 +662,14 @@ def _cmd_recover(args: argparse.Namespace) -> int:
                      "batches": stopped})
         return 0
     if not stopped:
-        print(f"no stale batches (none running without a heartbeat for {span(args.stale_after)})")
+        _say(f"no stale batches (none running without a heartbeat for {span(args.stale_after)})")
         return 0
     verb = "would stop" if args.dry_run else "stopped"
     for batch_id in stopped:
         b = stale.get(batch_id)
         seen = None if b is None else Store.last_seen(b)
         owner = f"owner {b['owner']}, " if b is not None and b["owner"] else ""
-        print(f"{verb} batch {batch_id} ({owner}last heartbeat {_ago(seen, now)})")
+        _say(f"{verb} batch {batch_id} ({owner}last heartbeat {_ago(seen, now)})")
     return 0
 
 
@@ -657,7 +691,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"source": location, "dest": args.dest, "bytes": size})
     else:
-        print(f"backed up {location} to {args.dest} ({_bytes(size)})")
+        _say(f"backed up {location} to {args.dest} ({_bytes(size)})")
     return 0
 
 
@@ -710,31 +744,31 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         _print_json(report)
         return 0 if report["ok"] else 1
     storage = report["storage"]
-    print(f"database    {report['location']} ({report['backend']})")
+    _say(f"database    {report['location']} ({report['backend']})")
     if report["schema_version"] is not None:
         pending = report["pending_migrations"]
         state = (f"{_plural(len(pending), 'migration')} pending" if pending else "up to date")
-        print(f"schema      version {report['schema_version']} ({state})")
+        _say(f"schema      version {report['schema_version']} ({state})")
     if "file_bytes" in storage:
-        print(f"size        {_bytes(storage['file_bytes'])}, WAL {_bytes(storage['wal_bytes'])}")
+        _say(f"size        {_bytes(storage['file_bytes'])}, WAL {_bytes(storage['wal_bytes'])}")
     if report["integrity"] is not None:
-        print(f"integrity   {'ok' if not report['integrity'] else 'PROBLEMS'}")
+        _say(f"integrity   {'ok' if not report['integrity'] else 'PROBLEMS'}")
     if report["tables"] is not None:
-        print("rows        " + ", ".join(f"{t} {n:,}" for t, n in report["tables"].items()))
+        _say("rows        " + ", ".join(f"{t} {n:,}" for t, n in report["tables"].items()))
     if report["stale_batches"] is not None:
         stale = report["stale_batches"]
-        print(f"stale       {', '.join('batch ' + str(b['id']) for b in stale) or 'none'} "
+        _say(f"stale       {', '.join('batch ' + str(b['id']) for b in stale) or 'none'} "
               f"(running batches silent for {span(args.stale_after)} or more)")
-    print()
+    _say("")
     if not problems:
-        print("ok: nothing needs attention")
+        _say("ok: nothing needs attention")
         return 0
-    print(f"{_plural(len(problems), 'problem')} need{'s' if len(problems) == 1 else ''} "
+    _say(f"{_plural(len(problems), 'problem')} need{'s' if len(problems) == 1 else ''} "
           "attention:")
     for problem in problems:
-        print(f"  - {problem}")
+        _say(f"  - {problem}")
     for line in advice:
-        print(f"to fix: {line}")
+        _say(f"to fix: {line}")
     return 1
 
 
@@ -852,19 +886,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             _print_json(summary)
             return 0
         assert summary is not None
-        print(f"Simulated a small sprint in {store.location}: "
+        _say(f"Simulated a small sprint in {store.location}: "
               f"{_plural(stories, 'story', 'stories')}, "
               f"{_plural(len(commands), 'command')} ({failed} failed), "
               f"{_plural(tasks, 'background task')}, {_plural(events, 'event')}.")
-        print()
-        print("\n".join(_status_lines(store, summary, now)))
+        _say("")
+        _say(*_status_lines(store, summary, now))
     db_option = f" --db {shlex.quote(mask_url(args.db))}" if args.db is not None else ""
-    print()
-    print("Look closer:")
+    _say("")
+    _say("Look closer:")
     for command, what in ((f"show {batch}", "the stories and their commands"),
                           ("events --story 2b-2", "why story 2b-2 is blocked"),
                           ("doctor", "the health of the database")):
-        print(f"  {PROG}{db_option} {command:<20} # {what}")
+        _say(f"  {PROG}{db_option} {command:<20} # {what}")
     return 0
 
 
@@ -887,14 +921,22 @@ start:  {PROG} --db demo.db demo
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (``--help`` still shows the whole usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the error and where to look on one line; exit 2."""
+        self.exit(2, f"{self.prog}: error: {for_terminal(message)} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     # --db and --json work before or after the command; after it they must not reset
     # a value given before it, hence SUPPRESS as their default there.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--db", metavar="PATH|URL", default=argparse.SUPPRESS, help=_DB_HELP)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help=_JSON_HELP)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="Look into and look after a sprint-runner database.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", metavar="PATH|URL", help=_DB_HELP)
@@ -904,7 +946,7 @@ def _parser() -> argparse.ArgumentParser:
                                      required=True)
 
     def command(name: str, summary: str,
-                *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+                *parents: _Parser) -> argparse.ArgumentParser:
         return commands.add_parser(name, parents=[common, *parents], help=summary,
                                    description=summary[0].upper() + summary[1:] + ".")
 
@@ -921,7 +963,7 @@ def _parser() -> argparse.ArgumentParser:
     p = command("show", "one batch: its stories with their commands, its background tasks")
     p.add_argument("batch_id", metavar="BATCH_ID", type=_count(1), help="the batch's id")
 
-    filters = argparse.ArgumentParser(add_help=False)
+    filters = _Parser(add_help=False)
     filters.add_argument("--batch", metavar="N", type=_count(1), help="only this batch's events")
     filters.add_argument("--story", metavar="KEY", help="only events of this story key")
     filters.add_argument("--command", metavar="C", dest="command_name",
@@ -1003,13 +1045,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (peewee.PeeweeException, sqlite3.Error, OSError, ValueError) as exc:
+    except ValueError as exc:
+        # Bad input that argparse could not see (a cursor, a URL, a bound): a usage error.
+        message, status = _one_line(exc) or type(exc).__name__, 2
+    except (peewee.PeeweeException, sqlite3.Error, OSError) as exc:
         where = mask_url(target)
         message = _one_line(exc) or type(exc).__name__
-        if where not in message and not isinstance(exc, (ValueError, OSError)):
+        if where not in message and not isinstance(exc, OSError):
             message = f"{where}: {message}"
     finally:
         if handler is not None:
             logger.removeHandler(handler)
-    print(f"{PROG}: error: {_scrub(message, target)}", file=sys.stderr)
+    print(f"{PROG}: error: {for_terminal(_scrub(message, target))}", file=sys.stderr)
     return status

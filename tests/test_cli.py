@@ -1,6 +1,7 @@
 """The ``sprint-runner-db`` command line, run through ``main([...])`` on a test database."""
 from __future__ import annotations
 
+import base64
 import csv
 import datetime
 import io
@@ -133,6 +134,17 @@ def test_python_dash_m() -> None:
     (["export", "--format", "xml"], "--format"),
     (["backup"], "DEST"),
     (["status", "--events", "many"], "--events"),
+    # Issue 10, items 12 and 13: too-large numbers exited 1 (or with a traceback), and a
+    # 1e-9 interval polled 10,000 times a second.
+    (["events", "--batch", "9" * 25], "--batch"),
+    (["show", "9" * 25], "BATCH_ID"),
+    (["events", "--since", "9" * 400], "--since"),
+    (["events", "--until", "9" * 20 + ".5"], "--until"),
+    (["prune", "--older-than", "9" * 30 + "d"], "--older-than"),
+    (["recover", "--stale-after", "9" * 30], "--stale-after"),
+    (["tail", "--interval", "1e-9"], "--interval"),
+    (["tail", "--interval", "0.09"], "--interval"),
+    (["batches", "--limit", "\u0661"], "--limit"),
 ])
 def test_bad_arguments_are_usage_errors(capsys: pytest.CaptureFixture[str], db_target: str,
                                         argv: list[str], names: str) -> None:
@@ -140,7 +152,9 @@ def test_bad_arguments_are_usage_errors(capsys: pytest.CaptureFixture[str], db_t
         main(["--db", db_target, *argv])
     err = capsys.readouterr().err
     assert exc.value.code == 2
-    assert names in err.splitlines()[-1]
+    # One line, not argparse's usage block (--help still prints the whole usage).
+    assert len(err.splitlines()) == 1, err
+    assert names in err and err.startswith("sprint-runner-db") and "--help)" in err
     assert "Traceback" not in err
     if "://" not in db_target:
         assert not os.path.exists(db_target)
@@ -342,7 +356,7 @@ def test_password_is_masked_in_errors(capsys: pytest.CaptureFixture[str]) -> Non
 def test_password_never_printed_for_bad_urls(capsys: pytest.CaptureFixture[str], url: str,
                                              argv: list[str]) -> None:
     code, out, err = run(capsys, "--db", url, *argv)
-    assert (code, out) == (1, "")
+    assert (code, out) == (2, "")  # a URL that cannot be right is a usage error
     assert err.startswith("sprint-runner-db: error: ") and err.count("\n") == 1
     assert "S3cret" not in err
 
@@ -369,7 +383,7 @@ def test_short_password_leaves_the_rest_of_the_message_alone(
 def test_url_options_outside_the_allowlist_are_one_line_errors(
         capsys: pytest.CaptureFixture[str], query: str, named: str) -> None:
     code, out, err = run(capsys, "--db", f"mysql://root:S3cret@127.0.0.1:1/x?{query}", "status")
-    assert (code, out) == (1, "")
+    assert (code, out) == (2, "")
     assert named in err and err.count("\n") == 1 and "S3cret" not in err
 
 
@@ -379,7 +393,7 @@ def test_directory_as_database_is_named(capsys: pytest.CaptureFixture[str], tmp_
     for argv in (["status"], ["init"], ["doctor"]):
         code, out, err = run(capsys, "--db", ".", *argv)
         assert (code, out, err) == (
-            1, "", "sprint-runner-db: error: . is a directory, not a database file\n")
+            2, "", "sprint-runner-db: error: . is a directory, not a database file\n")
     assert os.listdir(tmp_path) == []
 
 
@@ -560,9 +574,12 @@ def test_events_pages_by_cursor(capsys: pytest.CaptureFixture[str], db_target: s
 
 def test_events_bad_cursor(capsys: pytest.CaptureFixture[str], db_target: str,
                            store: Store) -> None:
-    code, out, err = run(capsys, "--db", db_target, "events", "--cursor", "garbage")
-    assert (code, out) == (1, "")
-    assert err.startswith("sprint-runner-db: error: invalid cursor 'garbage'")
+    for cursor in ("garbage", "", base64.urlsafe_b64encode(b"ev1:d:" + b"9" * 25).decode()):
+        # Issue 10, item 13: "" was a TypeError traceback, 25 digits an OverflowError.
+        code, out, err = run(capsys, "--db", db_target, "events", "--cursor", cursor)
+        assert (code, out) == (2, "")
+        assert err.startswith(f"sprint-runner-db: error: invalid cursor {cursor!r}")
+        assert err.count("\n") == 1
 
 
 def _event(store: Store, batch: int, message: str) -> int:
@@ -611,7 +628,7 @@ def test_tail_json_and_ctrl_c(capsys: pytest.CaptureFixture[str], db_target: str
 def test_tail_real_sleep_stops_after_max_polls(capsys: pytest.CaptureFixture[str],
                                                db_target: str, store: Store) -> None:
     store.create_batch(1)
-    code, out, err = run(capsys, "--db", db_target, "tail", "-n", "0", "--interval", "0.01",
+    code, out, err = run(capsys, "--db", db_target, "tail", "-n", "0", "--interval", "0.1",
                          "--max-polls", "3")
     assert (code, out, err) == (0, "", "")
 
@@ -986,6 +1003,8 @@ def test_prune(capsys: pytest.CaptureFixture[str], db_target: str, store: Store,
     assert store.table_counts() == before
     code, out, _ = run(capsys, "--db", db_target, "prune", "--older-than", "30d", "--dry-run")
     assert code == 0 and "would delete 1 finished batch that ended before it" in out
+    # Issue 10, item 13: "1 stories": plural by count.
+    assert "(1 story, 0 commands, 0 background tasks)" in out
     assert "would delete 1 event in all" in out
     code, out, _ = run(capsys, "--db", db_target, "prune", "--older-than", "30d",
                        "--events-only")
