@@ -38,8 +38,8 @@ def _admin(url: str) -> Any:
 
 def _in_transaction(store: Store, batch: int, calls: int, isolate: bool,
                     one_trip: bool = True) -> float:
-    store._x._isolate_statements = isolate
-    store._x._savepoint_in_statement = one_trip
+    store._executor._isolate_statements = isolate
+    store._executor._savepoint_in_statement = one_trip
     start = time.perf_counter()
     with store.transaction():
         for i in range(calls):

@@ -21,19 +21,18 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
 import peewee
 from playhouse.migrate import SchemaMigrator
 
-from . import files
 from .clock import Clock
-from .connect import backend_of, connect_sqlite_readonly, copy_sqlite_file
+from .connect import backend_of, connect_sqlite_readonly
 from .errors import LockTimeout, SchemaError
-from .executor import _MIGRATION_LOCK, Executor, is_busy
+from .executor import MIGRATION_LOCK, Executor
 from .models import INDEXES, MODELS, BaseModel, SchemaMigration
+from .sqlite_executor import is_busy, sqlite_integrity_problems
 from .statements import Slot, compile_query
 
 logger = logging.getLogger("sprint_runner")
@@ -355,13 +354,6 @@ def inspect_sqlite_file(path: str, busy_timeout: float = 30.0) -> SchemaState:
         conn.close()
 
 
-def sqlite_integrity_problems(fetchall: Callable[[str], Sequence[Sequence[Any]]]) -> list[str]:
-    """Return what SQLite's integrity and foreign-key checks report (empty when healthy)."""
-    problems = [str(r[0]) for r in fetchall("PRAGMA integrity_check") if r[0] != "ok"]
-    problems += [f"foreign key: {tuple(r)}" for r in fetchall("PRAGMA foreign_key_check")]
-    return problems
-
-
 def check_sqlite_file(path: str, busy_timeout: float = 30.0) -> list[str]:
     """Run SQLite's integrity checks on a read-only connection: nothing is written."""
     conn = connect_sqlite_readonly(path, busy_timeout)
@@ -407,18 +399,6 @@ def _stamp(database: peewee.Database, migrations: Sequence[Migration], now: int)
         database.execute_sql(insert.sql, (m.version, m.name, now))
 
 
-def backup_sqlite_file(path: str, version: int, busy_timeout: float) -> str:
-    """Copy a SQLite file to ``<path>.bak-v<version>`` (else ``.1``, ``.2``, ...: never
-    overwriting anything); return the copy."""
-    dest = files.create_numbered(
-        f"{path}.bak-v{version}",
-        lambda temporary: copy_sqlite_file(path, temporary, busy_timeout=busy_timeout),
-        protect=[path], beside=files.SQLITE_REPLAYED, what="pre-migration backup")
-    logger.warning("backed up %s to %s before migrating it from schema version %d",
-                   path, dest, version)
-    return dest
-
-
 def migrate(executor: Executor, clock: Clock) -> list[int]:
     """Bring the database to the newest schema; return the versions applied here.
 
@@ -426,42 +406,30 @@ def migrate(executor: Executor, clock: Clock) -> list[int]:
     apply a migration twice; a SQLite file holding data is backed up once, first.
     """
     database = executor.database
-    sqlite = executor.backend == "sqlite"
     executor.connect()  # through the executor, which retries a busy first connection
     applied: list[int] = []
-    if sqlite:
-        # Must precede BEGIN: SQLite ignores this pragma inside a transaction.
-        database.execute_sql("PRAGMA foreign_keys = 0")
-    try:
-        with executor.transaction(lock=_MIGRATION_LOCK):
-            state = read_state(database, executor.location)
-            todo = pending_migrations(state)
-            if not todo:
-                return applied
-            if state.kind == "fresh":
-                create_schema(database)
-                _stamp(database, todo, clock())
-                logger.info("created %s at schema version %d", executor.location,
-                            LATEST_VERSION)
-                return [m.version for m in todo]
-            if sqlite and state.has_data:
-                backup_sqlite_file(str(database.database), state.version, executor.busy_timeout)
-            for step in todo:
-                # MySQL commits at every DDL statement, which ends any savepoint.
-                with nullcontext() if executor.backend == "mysql" else database.atomic():
-                    step.apply(database)
-                    if sqlite:
-                        violations = database.execute_sql("PRAGMA foreign_key_check").fetchall()
-                        if violations:
-                            raise SchemaError(f"migration {step.version} ({step.name}) left rows "
-                                              f"breaking foreign keys: {violations[:10]}")
-                    _stamp(database, [step], clock())
-                logger.info("applied migration %d (%s) to %s", step.version, step.name,
-                            executor.location)
-                applied.append(step.version)
-    finally:
-        if sqlite:
-            database.execute_sql("PRAGMA foreign_keys = 1")
+    with executor.migration_session(), executor.transaction(lock=MIGRATION_LOCK):
+        state = read_state(database, executor.location)
+        todo = pending_migrations(state)
+        if not todo:
+            return applied
+        if state.kind == "fresh":
+            create_schema(database)
+            _stamp(database, todo, clock())
+            logger.info("created %s at schema version %d", executor.location, LATEST_VERSION)
+            return [m.version for m in todo]
+        executor.before_migrating(state.version, state.has_data)
+        for step in todo:
+            with executor.migration_step():
+                step.apply(database)
+                violations = executor.foreign_key_violations()
+                if violations:
+                    raise SchemaError(f"migration {step.version} ({step.name}) left rows "
+                                      f"breaking foreign keys: {violations[:10]}")
+                _stamp(database, [step], clock())
+            logger.info("applied migration %d (%s) to %s", step.version, step.name,
+                        executor.location)
+            applied.append(step.version)
     return applied
 
 

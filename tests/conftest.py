@@ -141,7 +141,7 @@ class ServerSession:
     def connection_id(store: Store) -> int:
         """Return the server's id of the connection the store's next call in this thread uses."""
         sql = "SELECT pg_backend_pid()" if BACKEND == "postgresql" else "SELECT CONNECTION_ID()"
-        return int(store._x.fetchall(sql)[0][0])
+        return int(store._executor.fetchall(sql)[0][0])
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with self.conn.cursor() as cur:

@@ -11,7 +11,7 @@ import pytest
 from conftest import SPECIAL_KINDS, digest, make_special, node_of
 
 from sprint_runner import Store, files
-from sprint_runner import store as store_module
+from sprint_runner import sqlite_executor
 
 
 def _fill(store: Store) -> int:
@@ -168,7 +168,7 @@ def test_a_failed_backup_leaves_nothing_behind(store: Store, tmp_path: Path,
             f.write(b"journal")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store_module, "copy_sqlite_file", broken)
+    monkeypatch.setattr(sqlite_executor, "copy_sqlite_file", broken)
     monkeypatch.setattr(Store, "_copy_to_sqlite", lambda self, path: broken(path))
     (tmp_path / "out").mkdir()
     with pytest.raises(OSError, match="No space left"):

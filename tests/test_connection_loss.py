@@ -61,7 +61,7 @@ def _killed_while_waiting(store: Store, server_session: Any, db_target: str) -> 
 
 
 def _count(store: Store, table: str) -> int:
-    return int(store._x.fetchall(f"SELECT COUNT(*) FROM {table}")[0][0])
+    return int(store._executor.fetchall(f"SELECT COUNT(*) FROM {table}")[0][0])
 
 
 def test_every_call_after_a_kill_succeeds(store: Store, server_session: Any) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from sprint_runner import Store
 from sprint_runner.statements import Statement
-from sprint_runner.store import _EVENT_FILTERS
+from sprint_runner.events import EVENT_FILTERS
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -44,7 +44,7 @@ def big_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 
 
 def statements(store: Store) -> Iterator[tuple[str, Statement]]:
-    q = store._q
+    q = store._statements
     for name, value in vars(q).items():
         if isinstance(value, Statement):
             yield name, value
@@ -52,7 +52,7 @@ def statements(store: Store) -> Iterator[tuple[str, Statement]]:
             for i, (key, statement) in enumerate(value):
                 label = key if isinstance(key, str) else key._meta.table_name
                 yield f"{name}[{i}:{label}]", statement
-    filters = tuple(_EVENT_FILTERS)
+    filters = tuple(EVENT_FILTERS)
     for size in range(len(filters) + 1):
         for combo in itertools.combinations(filters, size):
             for newest_first in (True, False):
@@ -66,7 +66,7 @@ def statements(store: Store) -> Iterator[tuple[str, Statement]]:
 
 
 def plan(store: Store, statement: Statement) -> list[str]:
-    params = [1] * len(statement.slots)
+    params = statement.complete([1] * len(statement.slots))
     rows = store.database.execute_sql("EXPLAIN QUERY PLAN " + statement.sql, params).fetchall()
     return [row[3] for row in rows]
 
@@ -85,17 +85,17 @@ def test_every_statement_uses_an_index(big_store: Store) -> None:
 
 
 @pytest.mark.parametrize(("name", "index"), [
-    ("batches_by_status", "idx_batches_status"),
+    ("active_batch", "idx_batches_status"),
     ("story_by_key", "idx_stories_batch_key"),
     ("stories_by_batch", "idx_stories_batch_id"),
     ("commands_by_story", "idx_commands_story_id"),
     ("last_command_statuses", "idx_commands_story_id"),
     ("events_newest", "idx_events_timestamp"),
     ("events_by_batch", "idx_events_batch_timestamp"),
-    ("tasks_by_status", "idx_background_tasks_batch_status"),
+    ("pending_tasks", "idx_background_tasks_batch_status"),
 ])
 def test_hot_reads_use_the_intended_index(big_store: Store, name: str, index: str) -> None:
-    lines = plan(big_store, getattr(big_store._q, name))
+    lines = plan(big_store, getattr(big_store._statements, name))
     assert any(index in line for line in lines), lines
     assert not any("TEMP B-TREE" in line for line in lines), lines
 
@@ -103,5 +103,5 @@ def test_hot_reads_use_the_intended_index(big_store: Store, name: str, index: st
 def test_keyset_pages_need_no_sort(big_store: Store) -> None:
     for combo in [(), ("batch_id",), ("story_key",), ("command",), ("status",)]:
         for newest_first in (True, False):
-            lines = plan(big_store, big_store._q.event_page(combo, newest_first))
+            lines = plan(big_store, big_store._statements.event_page(combo, newest_first))
             assert not any("TEMP B-TREE" in line for line in lines), (combo, lines)

@@ -211,7 +211,7 @@ def test_failed_read_inside_transaction_keeps_the_transaction(store: Store) -> N
     with store.transaction():
         batch = store.create_batch(1)
         with pytest.raises(peewee.DatabaseError):
-            store._x.fetchall("SELECT no_such_column FROM batches")
+            store._executor.fetchall("SELECT no_such_column FROM batches")
         kept = store.create_story(batch, "kept", "e")
     assert store.get_story(kept) is not None
 
@@ -223,7 +223,7 @@ def test_many_statements_in_one_transaction(store: Store) -> None:
         for i in range(3000):
             store.create_event(batch, None, None, "e", "k", "c", "t", "s", str(i))
         if store.backend == "postgresql":
-            locks = store._x.fetchall("SELECT COUNT(*) FROM pg_locks WHERE pid = pg_backend_pid()")
+            locks = store._executor.fetchall("SELECT COUNT(*) FROM pg_locks WHERE pid = pg_backend_pid()")
             assert locks[0][0] < 50
     assert len(store.get_events_by_batch(batch)) == 3000
 
@@ -263,7 +263,7 @@ def test_two_stores_on_one_database_share_a_transaction(store: Store) -> None:
 def test_statement_savepoint_in_its_own_round_trip(store: Store) -> None:
     if store.backend != "postgresql":
         pytest.skip("the statement savepoint is PostgreSQL's")
-    store._x._savepoint_in_statement = False  # as under psycopg 3 (server-side binding)
+    store._executor._savepoint_in_statement = False  # as under psycopg 3 (server-side binding)
     with store.transaction():
         batch = store.create_batch(1)
         with pytest.raises(IntegrityError):

@@ -1,0 +1,166 @@
+"""Events: the stateless rules of the event log and its history.
+
+The checks of an event row (one expression for the common case, then the
+:mod:`~sprint_runner.validation` rules that name the culprit), the filters the
+history reads take, the opaque keyset cursor, and the sizes that bound memory.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from peewee import Expression
+
+from .models import KEY_LENGTH, Event
+from .statements import Slot
+from .validation import (
+    INT64_MAX,
+    INT64_MIN,
+    SURROGATE,
+    check_int,
+    check_optional_int,
+    check_optional_text,
+    check_text,
+)
+
+EVENT_FIELDS = ("batch_id", "story_id", "command_id", "epic_id", "story_key", "command",
+                "task_id", "status", "message")
+"""``create_event``'s parameters, in order; also the keys ``create_events`` takes."""
+
+CHUNK = 1000
+"""Rows per statement or transaction in bulk writes, deletes and streamed reads."""
+MAX_PAGE = 10_000
+"""The largest ``limit`` a page or tail call takes (bounds memory per call)."""
+_CURSOR_PREFIX = "ev1"
+
+EVENT_FILTERS: dict[str, Callable[[], Expression]] = {
+    "batch_id": lambda: Event.batch == Slot("batch_id"),
+    "story_key": lambda: Event.story_key == Slot("story_key"),
+    "command": lambda: Event.command_name == Slot("command"),
+    "status": lambda: Event.status == Slot("status"),
+    "since": lambda: Event.timestamp >= Slot("since"),
+    "until": lambda: Event.timestamp < Slot("until"),
+}
+"""Each filter's condition, by the name of the parameter that gives its value."""
+
+_REQUIRED_EVENT_KEYS = ("batch_id", "epic_id", "story_key", "command", "task_id", "status")
+_REQUIRED_EVENT_KEY_SET = frozenset(_REQUIRED_EVENT_KEYS)
+_EVENT_KEYS = frozenset(EVENT_FIELDS) | {"timestamp"}
+
+
+def event_row(batch_id: object, story_id: object, command_id: object, epic_id: object,
+               story_key: object, command: object, task_id: object, status: object,
+               message: object, timestamp: int) -> tuple[Any, ...]:
+    """Return the checked row ``insert_event`` binds, or raise naming the bad parameter."""
+    # The common case, decided in one expression: a bulk insert pays this per event.
+    # Anything it does not accept goes through the checks below, which name the culprit.
+    if (type(batch_id) is int and INT64_MIN <= batch_id <= INT64_MAX
+            and (story_id is None or (type(story_id) is int and INT64_MIN <= story_id <= INT64_MAX))
+            and (command_id is None
+                 or (type(command_id) is int and INT64_MIN <= command_id <= INT64_MAX))
+            and type(epic_id) is str and 0 < len(epic_id) <= KEY_LENGTH
+            and type(story_key) is str and 0 < len(story_key) <= KEY_LENGTH
+            and type(command) is str and 0 < len(command) <= KEY_LENGTH
+            and type(task_id) is str and 0 < len(task_id) <= KEY_LENGTH
+            and type(status) is str and 0 < len(status) <= KEY_LENGTH
+            and (message is None or type(message) is str)
+            and "\x00" not in epic_id and "\x00" not in story_key and "\x00" not in command
+            and "\x00" not in task_id and "\x00" not in status
+            and (message is None or "\x00" not in message)
+            and epic_id.isascii() and story_key.isascii() and command.isascii()
+            and task_id.isascii() and status.isascii()
+            and (message is None or message.isascii() or not SURROGATE.search(message))):
+        return (batch_id, story_id, command_id, timestamp, epic_id, story_key, command,
+                task_id, status, message)
+    check_int("batch_id", batch_id)
+    check_optional_int("story_id", story_id)
+    check_optional_int("command_id", command_id)
+    check_text("epic_id", epic_id, max_length=KEY_LENGTH)
+    check_text("story_key", story_key, max_length=KEY_LENGTH)
+    check_text("command", command, max_length=KEY_LENGTH)
+    check_text("task_id", task_id, max_length=KEY_LENGTH)
+    check_text("status", status, max_length=KEY_LENGTH)
+    check_optional_text("message", message)
+    return (batch_id, story_id, command_id, timestamp, epic_id, story_key, command, task_id,
+            status, message)
+
+
+def split(n: int) -> list[int]:
+    """Split ``n`` rows into full chunks and powers of two, so that a handful of
+    cached statements (not one per remainder size) serve every count."""
+    sizes = [CHUNK] * (n // CHUNK)
+    rest = n % CHUNK
+    while rest:
+        size = 1 << (rest.bit_length() - 1)
+        sizes.append(size)
+        rest -= size
+    return sizes
+
+
+def event_filters(batch_id: object, story_key: object, command: object, status: object,
+                   since: object, until: object) -> dict[str, Any]:
+    """Validate event filters; return the given ones by name, in a fixed order."""
+    filters: dict[str, Any] = {}
+    if batch_id is not None:
+        filters["batch_id"] = check_int("batch_id", batch_id)
+    for name, value in (("story_key", story_key), ("command", command), ("status", status)):
+        if value is not None:
+            filters[name] = check_text(name, value, max_length=KEY_LENGTH)
+    if since is not None:
+        filters["since"] = check_int("since", since, minimum=0)
+    if until is not None:
+        filters["until"] = check_int("until", until, minimum=0)
+    return filters
+
+
+def encode_cursor(last_id: int, newest_first: bool) -> str:
+    """Return the opaque cursor of the page after the event ``last_id``."""
+    raw = f"{_CURSOR_PREFIX}:{'d' if newest_first else 'a'}:{last_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: object, newest_first: bool) -> int:
+    """Return the event id a cursor continues after; raise on anything not made here."""
+    if not isinstance(cursor, str):
+        raise TypeError(f"cursor must be a str from a previous page's next_cursor, not {cursor!r}")
+    invalid = ValueError(f"invalid cursor {cursor!r}: pass a next_cursor value unchanged")
+    if not cursor or len(cursor) > 64 or not cursor.isascii():
+        raise invalid
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, direction, last = raw.split(":")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise invalid from None
+    # Plain ASCII digits of an id the tables can hold: int() alone takes "+1", " 1",
+    # other scripts' digits and ids no backend stores.
+    if (prefix != _CURSOR_PREFIX or not last.isascii() or not last.isdigit()
+            or len(last) > 19 or int(last) > INT64_MAX):
+        raise invalid
+    last_id = int(last)
+    if direction != ("d" if newest_first else "a"):
+        raise ValueError(f"cursor {cursor!r} was made with newest_first={not newest_first}")
+    return last_id
+
+
+def event_from_mapping(index: int, event: object, now: int) -> tuple[Any, ...]:
+    """Return the checked row of ``create_events``' ``events[index]`` (timestamp: now)."""
+    if type(event) is not dict and not isinstance(event, Mapping):
+        raise TypeError(f"events[{index}] must be a mapping, not {type(event).__name__}")
+    keys = event.keys()
+    # Set comparisons first: the lists that name the culprits are built only on failure.
+    if not keys <= _EVENT_KEYS:
+        unknown = sorted(str(k) for k in keys if k not in _EVENT_KEYS)
+        raise ValueError(f"Invalid fields in events[{index}]: {', '.join(unknown)}")
+    if not _REQUIRED_EVENT_KEY_SET <= keys:
+        missing = [k for k in _REQUIRED_EVENT_KEYS if k not in keys]
+        raise ValueError(f"events[{index}] lacks {', '.join(missing)}")
+    timestamp = event.get("timestamp", now)
+    try:
+        check_int("timestamp", timestamp, minimum=0)
+        return event_row(event["batch_id"], event.get("story_id"), event.get("command_id"),
+                          event["epic_id"], event["story_key"], event["command"],
+                          event["task_id"], event["status"], event.get("message"), timestamp)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"events[{index}]: {exc}") from None

@@ -1,0 +1,289 @@
+"""SQLite: one persistent connection per thread, ``BEGIN IMMEDIATE`` retried while busy.
+
+A SQLite file is shared by processes that know nothing of each other, so the write
+lock is SQLite's own: a multi-statement write takes it up front (``BEGIN
+IMMEDIATE``), and a busy lock is retried a bounded number of times with a jittered
+backoff (:class:`~sprint_runner.errors.LockTimeout` after that), never surfacing as
+"database is locked".
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+from . import files
+from .connect import copy_sqlite_file
+from .errors import LockTimeout
+from .executor import (
+    BACKOFF_BASE,
+    BACKOFF_CAP,
+    LASTROWID,
+    ROWCOUNT,
+    ROWS,
+    WRITE_LOCK,
+    Executor,
+    Row,
+    T,
+    translate,
+)
+from .statements import Statement
+
+logger = logging.getLogger("sprint_runner")
+
+_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (and their extended codes' low byte)
+# SQLite 3.32 raised the bound parameters per statement from 999 to 32766: enough for
+# a chunk of events (10 columns x 1000 rows) in one INSERT.
+_MULTI_ROW = sqlite3.sqlite_version_info >= (3, 32, 0)
+_MULTI_ROW_FROM = 1000
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Return True if ``exc`` is SQLite reporting that another connection holds a lock."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _BUSY_CODES:
+        return True
+    text = str(exc).lower()
+    return "database is locked" in text or "database is busy" in text or "table is locked" in text
+
+
+def sqlite_integrity_problems(fetchall: Callable[[str], Sequence[Sequence[Any]]]) -> list[str]:
+    """Return what SQLite's integrity and foreign-key checks report (empty when healthy)."""
+    problems = [str(r[0]) for r in fetchall("PRAGMA integrity_check") if r[0] != "ok"]
+    problems += [f"foreign key: {tuple(r)}" for r in fetchall("PRAGMA foreign_key_check")]
+    return problems
+
+
+def sqlite_storage_info(path: str) -> dict[str, Any]:
+    """Return the storage figures of the SQLite file ``path``, read from the filesystem
+    alone (no connection: the file is not touched)."""
+    info: dict[str, Any] = {"backend": "sqlite", "location": path}
+    for key, name in (("file_bytes", path), ("wal_bytes", path + "-wal")):
+        info[key] = os.path.getsize(name) if os.path.exists(name) else 0
+    return info
+
+
+def backup_sqlite_file(path: str, version: int, busy_timeout: float) -> str:
+    """Copy a SQLite file to ``<path>.bak-v<version>`` (else ``.1``, ``.2``, ...: never
+    overwriting anything); return the copy."""
+    dest = files.create_numbered(
+        f"{path}.bak-v{version}",
+        lambda temporary: copy_sqlite_file(path, temporary, busy_timeout=busy_timeout),
+        protect=[path], beside=files.SQLITE_REPLAYED, what="pre-migration backup")
+    logger.warning("backed up %s to %s before migrating it from schema version %d",
+                   path, dest, version)
+    return dest
+
+
+class SqliteExecutor(Executor):
+    """SQLite: a persistent connection per thread; the file's own lock, retried while busy."""
+
+    backend = "sqlite"
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return str(self.database.database)
+
+    # -- connections ---------------------------------------------------------------
+
+    def connect(self) -> Any:
+        """Open this thread's connection if it is closed; return it."""
+        # The first connection switches a new file to WAL, which needs the file to
+        # itself; SQLite reports busy there at once instead of waiting out
+        # busy_timeout, so processes opening a new file together retry here.
+        self._retry_locked(lambda: self.database.connect(reuse_if_open=True))
+        return self._state.conn
+
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        """Yield this thread's persistent connection."""
+        yield self._state.conn or self.connect()
+
+    # -- statements ----------------------------------------------------------------
+
+    # Each fast path runs inline (a point read costs ~5 us; another call frame shows);
+    # what happens when it fails lives once, in _failed.
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Sequence[Any]]:
+        """Run a query and return all its rows as tuples (or the thread's row type)."""
+        conn = self._state.conn or self.connect()
+        try:
+            return cast(Sequence[Sequence[Any]], conn.execute(sql, params).fetchall())
+        except Exception as exc:
+            return cast(Sequence[Sequence[Any]], self._failed(exc, ROWS, sql, params))
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a write statement and return the number of rows it changed."""
+        conn = self._state.conn or self.connect()
+        try:
+            return cast(int, conn.execute(sql, params).rowcount)
+        except Exception as exc:
+            return cast(int, self._failed(exc, ROWCOUNT, sql, params))
+
+    def insert_id(self, sql: str, params: Sequence[Any]) -> int:
+        """Run an INSERT of one row and return its id."""
+        conn = self._state.conn or self.connect()
+        try:
+            return cast(int, conn.execute(sql, params).lastrowid)
+        except Exception as exc:
+            return cast(int, self._failed(exc, LASTROWID, sql, params))
+
+    def one(self, statement: Statement, params: Sequence[Any] = ()) -> Row | None:
+        """Return the statement's first row as a dict of its columns, or None."""
+        rows = self.fetchall(statement.sql, statement.complete(params))
+        return dict(zip(statement.columns, rows[0])) if rows else None
+
+    def _failed(self, exc: Exception, result: Callable[[Any], T], sql: str,
+                params: Sequence[Any]) -> T:
+        """Handle a failed statement: outside a transaction a statement is its own lock
+        acquisition, so a busy one is retried; anything else is raised."""
+        if is_busy(exc) and not self.database.in_transaction():
+            return self._retry_locked(lambda: result(self._state.conn.execute(sql, params)),
+                                      failed=exc)
+        raise translate(exc) from exc
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for many parameter rows (inside the caller's transaction)."""
+        conn = self._state.conn or self.connect()
+        try:
+            cursor = conn.cursor()
+            cursor.executemany(sql, rows)
+            cursor.close()
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    def prefers_executemany(self, rows: int) -> bool:
+        """A short chunk goes faster through executemany; a full one as one INSERT."""
+        return rows < _MULTI_ROW_FROM or not _MULTI_ROW
+
+    # -- the write lock --------------------------------------------------------------
+
+    def _retry_locked(self, operation: Callable[[], T],
+                      failed: BaseException | None = None) -> T:
+        """Run ``operation``, retrying while SQLite reports busy, a bounded number of times.
+
+        At most ``lock_retries + 1`` attempts in all (``failed`` is a first attempt the
+        caller already made). Each attempt waits up to the connection's busy timeout;
+        between attempts a jittered, growing backoff sleeps. The bound counts
+        attempts, not clock time, so a frozen clock cannot make it spin forever.
+        """
+        attempts = 0 if failed is None else 1
+        while True:
+            if failed is not None:
+                if attempts > self.lock_retries:
+                    raise LockTimeout(
+                        f"could not take the write lock on {self.location} after "
+                        f"{attempts} attempts: {failed}. Another process holds it; "
+                        "raise busy_timeout or find the long transaction."
+                    ) from failed
+                delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**(attempts - 1)) * (
+                    0.5 + random.random())
+                logger.debug("write lock busy on %s (attempt %d), retrying in %.3fs",
+                             self.location, attempts, delay)
+                time.sleep(delay)
+            try:
+                return operation()
+            except Exception as exc:
+                if not is_busy(exc):
+                    raise translate(exc) from exc
+                failed = exc
+                attempts += 1
+
+    @contextmanager
+    def transaction(self, *, lock: str = WRITE_LOCK) -> Iterator[None]:
+        """Run the block atomically; nested blocks are savepoints.
+
+        The outermost block takes the write lock first (``BEGIN IMMEDIATE``, retried
+        while busy), so read-modify-write blocks never interleave. SQLite has one
+        lock per file: ``lock`` only names it.
+        """
+        db = self.database
+        if db.in_transaction():
+            with db.atomic():
+                yield
+            return
+        with self.session():
+            txn = db.transaction("IMMEDIATE")
+            self._retry_locked(txn.__enter__)
+            try:
+                yield
+            except BaseException:
+                txn.__exit__(*sys.exc_info())
+                raise
+            try:
+                txn.__exit__(None, None, None)
+            except Exception as exc:
+                raise translate(exc) from exc
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Read several statements from one consistent snapshot (no write lock taken)."""
+        db = self.database
+        if db.in_transaction():
+            yield
+            return
+        with self.session():
+            txn = db.transaction()
+            try:
+                txn.__enter__()
+            except Exception as exc:
+                raise translate(exc) from exc
+            try:
+                yield
+            except BaseException:
+                txn.__exit__(*sys.exc_info())
+                raise
+            txn.__exit__(None, None, None)
+
+    @contextmanager
+    def named_rows(self, conn: Any) -> Iterator[Any]:
+        """Yield ``conn`` with ``sqlite3.Row`` rows for the block."""
+        previous = conn.row_factory
+        conn.row_factory = sqlite3.Row
+        try:
+            yield conn
+        finally:
+            conn.row_factory = previous
+
+    # -- the file ------------------------------------------------------------------
+
+    def file_copier(self) -> Callable[[str], None]:
+        """Return an online copy of the file (SQLite's backup API) into a path."""
+        source, timeout = self.path, self.busy_timeout
+        return lambda dest: copy_sqlite_file(source, dest, busy_timeout=timeout)
+
+    def integrity_problems(self) -> list[str]:
+        """Return what ``PRAGMA integrity_check`` and ``foreign_key_check`` report."""
+        return sqlite_integrity_problems(self.fetchall)
+
+    def storage_info(self) -> dict[str, Any]:
+        """Return the file's path and the sizes of the file and its WAL."""
+        return sqlite_storage_info(self.path)
+
+    # -- migrations -------------------------------------------------------------------
+
+    @contextmanager
+    def migration_session(self) -> Iterator[None]:
+        """Foreign keys off for the run: a checked table rebuild needs them off."""
+        # Must precede BEGIN: SQLite ignores this pragma inside a transaction.
+        self.database.execute_sql("PRAGMA foreign_keys = 0")
+        try:
+            yield
+        finally:
+            self.database.execute_sql("PRAGMA foreign_keys = 1")
+
+    def before_migrating(self, version: int, has_data: bool) -> None:
+        """Back a file holding data up once, before its first migration."""
+        if has_data:
+            backup_sqlite_file(self.path, version, self.busy_timeout)
+
+    def foreign_key_violations(self) -> list[Any]:
+        """Return the rows ``PRAGMA foreign_key_check`` reports."""
+        return list(self.fetchall("PRAGMA foreign_key_check"))
