@@ -25,6 +25,7 @@ from .clock import Clock, system_clock
 from .connect import (
     DEFAULT_BUSY_TIMEOUT,
     DEFAULT_POOL_SIZE,
+    backend_of,
     copy_sqlite_file,
     open_database,
 )
@@ -80,14 +81,21 @@ MAX_PAGE = 10_000
 """The largest ``limit`` a page or tail call takes (bounds memory per call)."""
 _CURSOR_PREFIX = "ev1"
 
-_EVENT_FILTERS = {
-    "batch_id": lambda: Event.batch == Slot("batch_id"),
-    "story_key": lambda: Event.story_key == Slot("story_key"),
-    "command": lambda: Event.command_name == Slot("command"),
-    "status": lambda: Event.status == Slot("status"),
-    "since": lambda: Event.timestamp >= Slot("since"),
-    "until": lambda: Event.timestamp < Slot("until"),
+# Each takes the events model or an alias of it (the time page reads an alias).
+_EVENT_FILTERS: dict[str, Any] = {
+    "batch_id": lambda e=Event: e.batch == Slot("batch_id"),
+    "story_key": lambda e=Event: e.story_key == Slot("story_key"),
+    "command": lambda e=Event: e.command_name == Slot("command"),
+    "status": lambda e=Event: e.status == Slot("status"),
+    "since": lambda e=Event: e.timestamp >= Slot("since"),
+    "until": lambda e=Event: e.timestamp < Slot("until"),
 }
+
+
+# A page with a time bound first counts, up to this many pages' worth, the rows of
+# its time range on the timestamp index alone (see _Statements.event_time_page).
+_TIME_RANGE_PAGES = 20
+_TIME_FILTERS = ("since", "until")
 
 
 def _owner() -> str:
@@ -281,6 +289,59 @@ class _Statements:
             statement = compile_query(self.database, query.limit(Slot("limit")), EVENT_COLUMNS)
             self._pages[key] = statement
         return statement
+
+    def event_time_page(self, filters: tuple[str, ...],
+                        newest_first: bool) -> tuple[Statement, Statement] | None:
+        """Return the (probe, page) statements that read a time-bounded page by time.
+
+        None without ``since``/``until``. A page by id walks the id order and tests
+        each row's timestamp, so a range holding few rows costs a walk of the whole
+        batch (or table). Ids and timestamps are two orders no one index serves, so
+        the store asks the index that serves the range first: the probe counts, up
+        to ``cap``, the rows of the time range (and batch) below the cursor, on the
+        index alone. Under ``cap``, the page statement takes the ids of those rows
+        from that index, keeps the page's ``limit`` lowest or highest and only then
+        reads their rows: at most ``cap`` index entries. At ``cap`` or more, the id
+        walk finds its page after a few rows whenever matches are dense, and both
+        statements return exactly the rows, in the order, the id walk would.
+        """
+        if not any(name in _TIME_FILTERS for name in filters):
+            return None
+
+        def build() -> tuple[Statement, Statement]:
+            by_time = Event.alias("by_time")
+            index = ("idx_events_batch_timestamp" if "batch_id" in filters
+                     else "idx_events_timestamp")
+            served = ("batch_id",) + _TIME_FILTERS
+            bound = (by_time.id < Slot("after") if newest_first
+                     else by_time.id > Slot("after"))
+
+            def where(query: Any, names: Iterable[str]) -> Any:
+                for name in names:
+                    query = query.where(_EVENT_FILTERS[name](by_time))
+                return query.where(bound)
+
+            probe = (where(by_time.select(peewee.SQL("1")), [n for n in filters if n in served])
+                     .limit(Slot("cap")).select_from(peewee.fn.COUNT(peewee.SQL("*"))))
+            order = by_time.id.desc() if newest_first else by_time.id
+            ids = (where(by_time.select(by_time.id), filters).order_by(order)
+                   .limit(Slot("limit")).alias("page"))
+            page = (_select(Event).join(ids, on=(Event.id == ids.c.id))
+                    .order_by(Event.id.desc() if newest_first else Event.id))
+            return (self._hinted(compile_query(self.database, probe), index),
+                    self._hinted(compile_query(self.database, page, EVENT_COLUMNS), index))
+        return self._cached(("event_time_page", filters, newest_first), build)
+
+    def _hinted(self, statement: Statement, index: str) -> Statement:
+        # The planners would rather walk an index in id order than sort even a few
+        # rows, which is the walk this statement exists to avoid: name the index.
+        q = self.database.quote
+        table = f"{q[0]}events{q[1]} AS {q[0]}by_time{q[1]}"
+        extra = {"sqlite": f" INDEXED BY {q[0]}{index}{q[1]}",
+                 "mysql": f" FORCE INDEX ({q[0]}{index}{q[1]})"}.get(backend_of(self.database), "")
+        assert statement.sql.count(table) == 1, statement.sql
+        return Statement(statement.sql.replace(table, table + extra), statement.slots,
+                         statement.columns)
 
     def event_count(self, filters: tuple[str, ...]) -> Statement:
         """Return ``SELECT COUNT(*)`` of the events matching this combination of filters."""
@@ -705,9 +766,17 @@ class Store:
                      limit: int) -> Any:
         if after is None:
             after = INT64_MAX if newest_first else INT64_MIN
-        statement = self._q.event_page(tuple(filters), newest_first)
-        return self._x.fetchall(statement.sql,
-                                statement.bind({**filters, "after": after, "limit": limit}))
+        names = tuple(filters)
+        values = {**filters, "after": after, "limit": limit, "cap": limit * _TIME_RANGE_PAGES}
+        by_time = self._q.event_time_page(names, newest_first)
+        if by_time is not None:
+            probe, page = by_time
+            # Each statement alone returns the exact page, so new rows landing
+            # between the two cannot make it skip or repeat one.
+            if self._x.fetchall(probe.sql, probe.bind(values))[0][0] < values["cap"]:
+                return self._x.fetchall(page.sql, page.bind(values))
+        statement = self._q.event_page(names, newest_first)
+        return self._x.fetchall(statement.sql, statement.bind(values))
 
     def create_events(self, events: Iterable[Mapping[str, Any]]) -> int:
         """Insert many events in one transaction; return how many.
