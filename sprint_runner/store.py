@@ -268,6 +268,7 @@ class _Statements:
                 (Event.batch == Slot("batch_id")) & (Event.timestamp < Slot("cutoff"))),
             expect=("batch_id", "cutoff"))
         self._pages: dict[tuple[Any, ...], Statement] = {}
+        self._time_pages: dict[tuple[tuple[str, ...], bool], tuple[Statement, Statement]] = {}
         self._updates: dict[tuple[type[BaseModel], tuple[str, ...]], Statement] = {}
 
     def event_page(self, filters: tuple[str, ...], newest_first: bool) -> Statement:
@@ -321,8 +322,9 @@ class _Statements:
                     query = query.where(_EVENT_FILTERS[name](by_time))
                 return query.where(bound)
 
-            probe = (where(by_time.select(peewee.SQL("1")), [n for n in filters if n in served])
-                     .limit(Slot("cap")).select_from(peewee.fn.COUNT(peewee.SQL("*"))))
+            in_range = (where(by_time.select(peewee.SQL("1")), [n for n in filters if n in served])
+                        .limit(Slot("cap")).alias("in_range"))
+            probe = peewee.Select([in_range], [peewee.fn.COUNT(peewee.SQL("*"))])
             order = by_time.id.desc() if newest_first else by_time.id
             ids = (where(by_time.select(by_time.id), filters).order_by(order)
                    .limit(Slot("limit")).alias("page"))
@@ -330,7 +332,11 @@ class _Statements:
                     .order_by(Event.id.desc() if newest_first else Event.id))
             return (self._hinted(compile_query(self.database, probe), index),
                     self._hinted(compile_query(self.database, page, EVENT_COLUMNS), index))
-        return self._cached(("event_time_page", filters, newest_first), build)
+        key = (filters, newest_first)
+        pair = self._time_pages.get(key)
+        if pair is None:
+            pair = self._time_pages[key] = build()
+        return pair
 
     def _hinted(self, statement: Statement, index: str) -> Statement:
         # The planners would rather walk an index in id order than sort even a few
