@@ -35,15 +35,20 @@ MAX_PAGE = 10_000
 """The largest ``limit`` a page or tail call takes (bounds memory per call)."""
 _CURSOR_PREFIX = "ev1"
 
-EVENT_FILTERS: dict[str, Callable[[], Expression]] = {
-    "batch_id": lambda: Event.batch == Slot("batch_id"),
-    "story_key": lambda: Event.story_key == Slot("story_key"),
-    "command": lambda: Event.command_name == Slot("command"),
-    "status": lambda: Event.status == Slot("status"),
-    "since": lambda: Event.timestamp >= Slot("since"),
-    "until": lambda: Event.timestamp < Slot("until"),
+EVENT_FILTERS: dict[str, Callable[..., Expression]] = {
+    "batch_id": lambda e=Event: e.batch == Slot("batch_id"),
+    "story_key": lambda e=Event: e.story_key == Slot("story_key"),
+    "command": lambda e=Event: e.command_name == Slot("command"),
+    "status": lambda e=Event: e.status == Slot("status"),
+    "since": lambda e=Event: e.timestamp >= Slot("since"),
+    "until": lambda e=Event: e.timestamp < Slot("until"),
 }
-"""Each filter's condition, by the name of the parameter that gives its value."""
+"""Each filter's condition, by the name of the parameter that gives its value; each takes
+the events model or an alias of it (the time page reads an alias)."""
+TIME_FILTERS = ("since", "until")
+TIME_RANGE_PAGES = 20
+"""A page with a time bound first counts, up to this many pages' worth, the rows of its
+time range on the timestamp index alone (see ``Statements.event_time_page``)."""
 
 _REQUIRED_EVENT_KEYS = ("batch_id", "epic_id", "story_key", "command", "task_id", "status")
 _REQUIRED_EVENT_KEY_SET = frozenset(_REQUIRED_EVENT_KEYS)

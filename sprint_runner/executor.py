@@ -214,6 +214,10 @@ class Executor:
         """Run a statement once per parameter row."""
         self.executemany(statement.sql, rows)
 
+    def index_hint(self, index: str) -> str:
+        """Return the SQL that, after a table in FROM, makes the planner use ``index``."""
+        return ""
+
     def prefers_executemany(self, rows: int) -> bool:
         """Whether ``rows`` rows go faster through executemany than one multi-row INSERT."""
         return False

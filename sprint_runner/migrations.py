@@ -132,6 +132,7 @@ V3_INDEXES = (
     "idx_events_story_id", "idx_events_command_id", "idx_events_story_key",
     "idx_events_command", "idx_events_status", "idx_batches_status_ended",
 )
+V4_INDEXES = ("idx_events_batch_story_key", "idx_events_batch_command", "idx_events_batch_status")
 ADDED_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
     2: {"batches": ("owner", "heartbeat_at")},
 }
@@ -216,10 +217,18 @@ def _event_history_indexes(database: peewee.Database) -> None:
     create_missing_indexes(database, V3_INDEXES)
 
 
+def _event_filter_pair_indexes(database: peewee.Database) -> None:
+    """Version 4: indexes for a page of one batch's events that also filters by story,
+    command or status (issue 10, item 12): in id order within the batch and the key,
+    where the batch's own index made such a page test every event of the batch."""
+    create_missing_indexes(database, V4_INDEXES)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline", _baseline),
     Migration(2, "batch_owner_heartbeat", _batch_owner_heartbeat),
     Migration(3, "event_history_indexes", _event_history_indexes),
+    Migration(4, "event_filter_pair_indexes", _event_filter_pair_indexes),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

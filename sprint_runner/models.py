@@ -163,6 +163,10 @@ INDEXES: tuple[tuple[str, type[BaseModel], tuple[str, ...]], ...] = (
     ("idx_events_command", Event, ("command",)),
     ("idx_events_status", Event, ("status",)),
     ("idx_batches_status_ended", Batch, ("status", "ended_at", "started_at")),
+    # A page of one batch's events filtered by one more key, walked in id order.
+    ("idx_events_batch_story_key", Event, ("batch_id", "story_key", "id")),
+    ("idx_events_batch_command", Event, ("batch_id", "command", "id")),
+    ("idx_events_batch_status", Event, ("batch_id", "status", "id")),
 )
 
 

@@ -6,12 +6,13 @@ only the slots, in the order each ``expect`` pins.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import peewee
 
-from .events import EVENT_FILTERS
+from .events import EVENT_FILTERS, TIME_FILTERS
 from .models import MODELS, BackgroundTask, BaseModel, Batch, Command, Event, Story
 from .statements import Fixed, Slot, Statement, columns_of, compile_query, fields_of
 
@@ -33,9 +34,12 @@ def _select(model: type[BaseModel]) -> Any:
 class Statements:
     """The store's statements, rendered once for its database."""
 
-    def __init__(self, database: peewee.Database) -> None:
+    def __init__(self, database: peewee.Database,
+                 index_hint: Callable[[str], str] = lambda index: "") -> None:
         self.database = database
+        self._index_hint = index_hint
         self._cache: dict[tuple[Any, ...], Statement] = {}
+        self._time_pages: dict[tuple[tuple[str, ...], bool], tuple[Statement, Statement]] = {}
         c = self._compile
         running = Fixed("running")
 
@@ -237,6 +241,63 @@ class Statements:
             return compile_query(self.database, query.limit(Slot("limit")), EVENT_COLUMNS,
                                  expect=(*filters, "after", "limit"))
         return self._cached(("event_page", filters, newest_first), build)
+
+    def event_time_page(self, filters: tuple[str, ...],
+                        newest_first: bool) -> tuple[Statement, Statement] | None:
+        """Return the (probe, page) statements that read a time-bounded page by time.
+
+        None without ``since``/``until``. A page by id walks the id order and tests
+        each row's timestamp, so a range holding few rows costs a walk of the whole
+        batch (or table). Ids and timestamps are two orders no one index serves, so
+        the store asks the index that serves the range first: the probe counts, up
+        to ``cap``, the rows of the time range (and batch) below the cursor, on the
+        index alone. Under ``cap``, the page statement takes the ids of those rows
+        from that index, keeps the page's ``limit`` lowest or highest and only then
+        reads their rows: at most ``cap`` index entries. At ``cap`` or more, the id
+        walk is the faster whenever matches are dense, and both statements return
+        exactly the rows, in the order, the id walk would.
+        """
+        if not any(name in TIME_FILTERS for name in filters):
+            return None
+
+        def build() -> tuple[Statement, Statement]:
+            by_time = Event.alias("by_time")
+            index = ("idx_events_batch_timestamp" if "batch_id" in filters
+                     else "idx_events_timestamp")
+            served = ("batch_id",) + TIME_FILTERS
+            bound = (by_time.id < Slot("after") if newest_first
+                     else by_time.id > Slot("after"))
+
+            def where(query: Any, names: Iterable[str]) -> Any:
+                for name in names:
+                    query = query.where(EVENT_FILTERS[name](by_time))
+                return query.where(bound)
+
+            in_range = (where(by_time.select(peewee.SQL("1")), [n for n in filters if n in served])
+                        .limit(Slot("cap")).alias("in_range"))
+            probe = peewee.Select([in_range], [peewee.fn.COUNT(peewee.SQL("*"))])
+            order = by_time.id.desc() if newest_first else by_time.id
+            ids = (where(by_time.select(by_time.id), filters).order_by(order)
+                   .limit(Slot("limit")).alias("page"))
+            page = (_select(Event).join(ids, on=(Event.id == ids.c.id))
+                    .order_by(Event.id.desc() if newest_first else Event.id))
+            return (self._hinted(compile_query(self.database, probe), index),
+                    self._hinted(compile_query(self.database, page, EVENT_COLUMNS), index))
+        key = (filters, newest_first)
+        pair = self._time_pages.get(key)
+        if pair is None:
+            pair = self._time_pages[key] = build()
+        return pair
+
+    def _hinted(self, statement: Statement, index: str) -> Statement:
+        # The planners would rather walk an index in id order than sort even a few
+        # rows, which is the walk this statement exists to avoid: name the index, in
+        # the backend's words (the executor's index_hint; PostgreSQL has none).
+        q = self.database.quote
+        table = f"{q[0]}events{q[1]} AS {q[0]}by_time{q[1]}"
+        assert statement.sql.count(table) == 1, statement.sql
+        return replace(statement, sql=statement.sql.replace(
+            table, table + self._index_hint(index)))
 
     def event_count(self, filters: tuple[str, ...]) -> Statement:
         """Return ``SELECT COUNT(*)`` of the events matching this combination of filters."""

@@ -700,6 +700,10 @@ class MySQLExecutor(ServerExecutor):
                 raise translate(exc) from exc
             self._discard(conn)
 
+    def index_hint(self, index: str) -> str:
+        """Return ``FORCE INDEX (`index`)``."""
+        return f" FORCE INDEX (`{index}`)"
+
     def migration_step(self) -> AbstractContextManager[Any]:
         """No savepoint: MySQL commits at every DDL statement, which ends any savepoint."""
         return nullcontext()

@@ -159,6 +159,10 @@ class SqliteExecutor(Executor):
         except Exception as exc:
             raise translate(exc) from exc
 
+    def index_hint(self, index: str) -> str:
+        """Return ``INDEXED BY "index"``."""
+        return f' INDEXED BY "{index}"'
+
     def prefers_executemany(self, rows: int) -> bool:
         """A short chunk goes faster through executemany; a full one as one INSERT."""
         return rows < _MULTI_ROW_FROM or not _MULTI_ROW

@@ -26,6 +26,7 @@ from .events import (
     CHUNK,
     EVENT_FIELDS,
     MAX_PAGE,
+    TIME_RANGE_PAGES,
     decode_cursor,
     encode_cursor,
     event_filters,
@@ -117,7 +118,7 @@ class Store:
         self.database = db
         self.clock = clock if clock is not None else system_clock
         self._executor = executor_for(db, busy_timeout=busy_timeout, lock_retries=lock_retries)
-        self._statements = Statements(db)
+        self._statements = Statements(db, self._executor.index_hint)
         # The migration versions this store applied when it opened (for messages).
         self.applied_migrations: list[int] = self.migrate() if migrate else []
 
@@ -454,7 +455,17 @@ class Store:
                      limit: int) -> list[Row]:
         if after is None:
             after = INT64_MAX if newest_first else INT64_MIN
-        statement = self._statements.event_page(tuple(filters), newest_first)
+        names = tuple(filters)
+        by_time = self._statements.event_time_page(names, newest_first)
+        if by_time is not None:
+            probe, page = by_time
+            values = {**filters, "after": after, "limit": limit,
+                      "cap": limit * TIME_RANGE_PAGES}
+            # Each statement alone returns the exact page, so new rows landing
+            # between the two cannot make it skip or repeat one.
+            if self._executor.scalar(probe, probe.bind(values)) < values["cap"]:
+                return self._executor.all(page, page.bind(values))
+        statement = self._statements.event_page(names, newest_first)
         return self._executor.all(statement, (*filters.values(), after, limit))
 
     # -- background tasks ------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """SQL text for the fixture databases of tests/test_migrations.py (no binary files).
 
-``LEGACY_*`` is exactly what the old module created (schema version 0); ``V1_*`` and
-``V2_*`` are what earlier versions of this package left behind; ``DATA`` fills every
+``LEGACY_*`` is exactly what the old module created (schema version 0); ``V1_*``,
+``V2_*`` and ``V3_*`` are what earlier versions of this package left behind; ``DATA`` fills every
 table with several rows, NULLs and unicode included.
 """
 from __future__ import annotations
@@ -49,6 +49,15 @@ V2_CHANGES = """
 ALTER TABLE batches ADD COLUMN owner TEXT;
 ALTER TABLE batches ADD COLUMN heartbeat_at INTEGER;
 INSERT INTO schema_migrations VALUES (2, 'batch_owner_heartbeat', 1690000100);
+"""
+V3_CHANGES = """
+CREATE INDEX idx_events_story_id ON events(story_id);
+CREATE INDEX idx_events_command_id ON events(command_id);
+CREATE INDEX idx_events_story_key ON events(story_key);
+CREATE INDEX idx_events_command ON events(command);
+CREATE INDEX idx_events_status ON events(status);
+CREATE INDEX idx_batches_status_ended ON batches(status, ended_at, started_at);
+INSERT INTO schema_migrations VALUES (3, 'event_history_indexes', 1690000200);
 """
 V2_DATA = """
 UPDATE batches SET owner = 'hôte-1:4242', heartbeat_at = 1700010500 WHERE id = 2;
@@ -118,4 +127,10 @@ def version1(path: str, *, data: bool = True) -> None:
 def version2(path: str, *, data: bool = True) -> None:
     """A file at this package's schema version 2."""
     build(path, V1_TABLES, LEGACY_INDEXES, V1_EXTRA_INDEXES, V1_STAMP, V2_CHANGES,
+          *([DATA, V2_DATA] if data else []))
+
+
+def version3(path: str, *, data: bool = True) -> None:
+    """A file at this package's schema version 3."""
+    build(path, V1_TABLES, LEGACY_INDEXES, V1_EXTRA_INDEXES, V1_STAMP, V2_CHANGES, V3_CHANGES,
           *([DATA, V2_DATA] if data else []))

@@ -855,7 +855,8 @@ def test_backup_is_owner_only(capsys: pytest.CaptureFixture[str], db_target: str
 
 _OLD_FILES = {"legacy": (legacy_schema.legacy, 0), "version1": (legacy_schema.version1, 1),
               "version2": (legacy_schema.version2, 2)}
-_MIGRATION_NAMES = {1: "baseline", 2: "batch_owner_heartbeat", 3: "event_history_indexes"}
+_MIGRATION_NAMES = {1: "baseline", 2: "batch_owner_heartbeat", 3: "event_history_indexes",
+                    4: "event_filter_pair_indexes"}
 
 
 @pytest.fixture(params=list(_OLD_FILES))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import tracemalloc
 from typing import Any
 
@@ -140,6 +141,38 @@ def test_filters(store: Store, batch: int, clock, filters: dict[str, Any]) -> No
                 if all(_matches(e, k, v) for k, v in filters.items())]
     assert expected  # the filter selects something
     assert _all_pages(store, limit=7, **filters) == expected
+
+
+_PAIR_VALUES = {
+    # Time bounds: a narrow range takes the time page (fewer rows in range than the
+    # probe's cap, 20 pages of 3 + 1), the wide one the id walk.
+    "narrow": {"batch_id": "B", "story_key": "2a-1", "command": "dev-story", "status": "end",
+               "since": 1_700_000_014, "until": 1_700_000_017},
+    "wide": {"batch_id": "B", "story_key": "2a-2", "command": "create-story",
+             "status": "start", "since": 1_700_000_001, "until": 1_700_000_019},
+}
+
+
+@pytest.mark.parametrize("newest_first", [True, False], ids=["newest", "oldest"])
+@pytest.mark.parametrize("width", list(_PAIR_VALUES))
+@pytest.mark.parametrize("pair", list(itertools.combinations(_PAIR_VALUES["wide"], 2)),
+                         ids="+".join)
+def test_every_pair_of_filters_pages_exactly_its_events(
+        store: Store, batch: int, clock, pair: tuple[str, str], width: str,
+        newest_first: bool) -> None:
+    # Issue 10, item 12: every pair, on either statement a time bound may take.
+    other = store.create_batch(1)
+    for _ in range(20):
+        store.create_events(_events(batch, 6) + _events(other, 3))
+        clock.advance(1)
+    filters = {k: (batch if v == "B" else v)
+               for k, v in _PAIR_VALUES[width].items() if k in pair}
+    expected = [e["id"] for e in sorted(store.iter_events(),
+                                        key=lambda e: -e["id"] if newest_first else e["id"])
+                if all(_matches(e, k, v) for k, v in filters.items())]
+    assert expected or pair == ("command", "status")  # dev-story events all end
+    assert _all_pages(store, limit=3, newest_first=newest_first, **filters) == expected
+    assert store.count_events(**filters) == len(expected)
 
 
 def _matches(event: dict[str, Any], key: str, value: Any) -> bool:

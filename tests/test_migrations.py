@@ -27,7 +27,8 @@ from legacy_schema import DATA_TABLES
 from sprint_runner import IntegrityError, SchemaError, Store, db, migrations
 
 LATEST = migrations.LATEST_VERSION
-NAMES = {1: "baseline", 2: "batch_owner_heartbeat", 3: "event_history_indexes"}
+NAMES = {1: "baseline", 2: "batch_owner_heartbeat", 3: "event_history_indexes",
+         4: "event_filter_pair_indexes"}
 ADDED_BY_V2 = ("owner", "heartbeat_at")
 PROCESSES = 8
 
@@ -164,10 +165,10 @@ def _schema_rows(store: Store) -> list[tuple[int, str, int]]:
 
 def test_fresh_database_stamped_at_newest_version(make_store: Any, clock: Any) -> None:
     store = make_store()
-    assert store.schema_version() == LATEST == 3
+    assert store.schema_version() == LATEST == 4
     assert store.pending_migrations() == []
-    assert _schema_rows(store) == [(v, NAMES[v], clock.now) for v in (1, 2, 3)]
-    assert [m.version for m in migrations.MIGRATIONS] == [1, 2, 3]
+    assert _schema_rows(store) == [(v, NAMES[v], clock.now) for v in (1, 2, 3, 4)]
+    assert [m.version for m in migrations.MIGRATIONS] == [1, 2, 3, 4]
 
 
 def test_migrate_when_up_to_date_returns_nothing(make_store: Any, clock: Any) -> None:
@@ -176,7 +177,7 @@ def test_migrate_when_up_to_date_returns_nothing(make_store: Any, clock: Any) ->
     assert store.migrate() == []
     assert store.migrate() == []
     assert make_store().migrate() == []
-    assert _schema_rows(store) == [(v, NAMES[v], clock.now - 60) for v in (1, 2, 3)]
+    assert _schema_rows(store) == [(v, NAMES[v], clock.now - 60) for v in (1, 2, 3, 4)]
 
 
 def test_module_api_init_db_migrates(module_db: Any) -> None:
@@ -211,19 +212,22 @@ def _drop_index(store: Store, name: str, table: str) -> str:
     return f"DROP INDEX {name} ON {table}" if store.backend == "mysql" else f"DROP INDEX {name}"
 
 
-@pytest.mark.parametrize("found", [1, 2])
+@pytest.mark.parametrize("found", [1, 2, 3])
 def test_older_version_upgraded_on_every_backend(found: int, make_store: Any, clock: Any) -> None:
     store = make_store()
     batch = store.create_batch(3)
     story = store.create_story(batch, "été-1", "é")
     event = store.create_event(batch, story, None, "é", "été-1", "c", "t", "s", None)
     original = store.get_batch(batch)
-    # Take the database back to ``found``: the later stamps, the indexes of version 3
-    # (not the ones MySQL needs for its foreign keys), the columns of version 2.
+    # Take the database back to ``found``: the later stamps, the indexes of versions 4
+    # and 3 (not the ones MySQL needs for its foreign keys), the columns of version 2.
     with store.get_connection() as conn:
         cur = conn.cursor()
         cur.execute(f"DELETE FROM schema_migrations WHERE version > {found}")
-        for name in ("idx_events_story_key", "idx_events_command", "idx_events_status"):
+        later = migrations.V4_INDEXES + (
+            ("idx_events_story_key", "idx_events_command", "idx_events_status")
+            if found < 3 else ())
+        for name in later:
             cur.execute(_drop_index(store, name, "events"))
         if found < 2:
             for column in ADDED_BY_V2:
@@ -253,10 +257,12 @@ def test_older_version_upgraded_on_every_backend(found: int, make_store: Any, cl
 
 UPGRADES = {
     # name: (builder, version found, migrations applied)
-    "legacy": (legacy_schema.legacy, 0, [1, 2, 3]),
-    "legacy-without-indexes": (lambda p: legacy_schema.legacy(p, indexes=False), 0, [1, 2, 3]),
-    "v1": (legacy_schema.version1, 1, [2, 3]),
-    "v2": (legacy_schema.version2, 2, [3]),
+    "legacy": (legacy_schema.legacy, 0, [1, 2, 3, 4]),
+    "legacy-without-indexes": (lambda p: legacy_schema.legacy(p, indexes=False), 0,
+                               [1, 2, 3, 4]),
+    "v1": (legacy_schema.version1, 1, [2, 3, 4]),
+    "v2": (legacy_schema.version2, 2, [3, 4]),
+    "v3": (legacy_schema.version3, 3, [4]),
 }
 
 
@@ -330,7 +336,7 @@ def test_init_db_adopts_legacy_file(legacy_file: Path, module_api: Any) -> None:
     assert module_api.schema_version() == LATEST
     assert module_api.migrate() == []
     assert rows_of(legacy_file, columns={t: n for t, (n, _) in before.items()}) == before
-    assert [v for v, _, _ in stamps(legacy_file)] == [1, 2, 3]
+    assert [v for v, _, _ in stamps(legacy_file)] == [1, 2, 3, 4]
 
 
 @pytest.mark.sqlite_only
@@ -351,6 +357,21 @@ def test_store_works_after_adoption(legacy_file: Path, make_store: Any, clock: A
         assert isinstance(err.value, sqlite3.IntegrityError)
         assert isinstance(err.value, peewee.IntegrityError)
     assert len(store.get_events(limit=100)) == 8
+
+
+@pytest.mark.sqlite_only
+def test_version3_file_gets_the_filter_pair_indexes(tmp_path: Path, make_store: Any) -> None:
+    path = tmp_path / "v3.db"
+    legacy_schema.version3(str(path))
+    assert not set(migrations.V4_INDEXES) & migrations.existing_indexes(
+        make_store(path, migrate=False).database, "events")
+    store = make_store(path)
+    assert store.applied_migrations == [4]
+    assert set(migrations.V4_INDEXES) <= migrations.existing_indexes(store.database, "events")
+    sql = store._statements.event_page(("batch_id", "status"), True).sql
+    plan = store.database.execute_sql("EXPLAIN QUERY PLAN " + sql, (1, "s", 10, 5)).fetchall()
+    assert "idx_events_batch_status" in plan[0][3]
+    assert [e["id"] for e in store.page_events(batch_id=1, status="start")["events"]] == [2, 1]
 
 
 @pytest.mark.sqlite_only
@@ -382,7 +403,7 @@ def test_each_migration_is_one_transaction(tmp_path: Path, make_store: Any,
     store.close()
     assert schema_of(path) == schema
     monkeypatch.undo()
-    assert make_store(path, migrate=False).migrate() == [3]
+    assert make_store(path, migrate=False).migrate() == [3, 4]
 
 
 @pytest.mark.sqlite_only
@@ -392,7 +413,7 @@ def test_migrations_applied_in_order_and_logged(legacy_file: Path, make_store: A
     make_store(legacy_file)
     applied = [r.getMessage() for r in caplog.records
                if r.name == "sprint_runner" and "applied migration" in r.getMessage()]
-    assert [m.split()[2] for m in applied] == ["1", "2", "3"]
+    assert [m.split()[2] for m in applied] == ["1", "2", "3", "4"]
 
 
 # -- SQLite files: backups ----------------------------------------------------------------
@@ -477,7 +498,7 @@ def test_no_backup_without_data(tmp_path: Path, make_store: Any) -> None:
     fresh = tmp_path / "fresh.db"
     make_store(fresh).close()
     assert backups(empty_legacy) == backups(fresh) == []
-    assert [v for v, _, _ in stamps(empty_legacy)] == [1, 2, 3]
+    assert [v for v, _, _ in stamps(empty_legacy)] == [1, 2, 3, 4]
 
 
 # -- SQLite files: what is refused, and left byte-identical --------------------------------
@@ -611,7 +632,7 @@ def _one_row_per_version(path: Path) -> None:
     counts = conn.execute("SELECT version, COUNT(*) FROM schema_migrations "
                           "GROUP BY version ORDER BY version").fetchall()
     conn.close()
-    assert counts == [(1, 1), (2, 1), (3, 1)]
+    assert counts == [(1, 1), (2, 1), (3, 1), (4, 1)]
 
 
 @pytest.mark.slow
@@ -619,7 +640,7 @@ def test_processes_opening_a_fresh_database_together(db_target: str, make_store:
                                                      request: pytest.FixtureRequest) -> None:
     assert _run_together(db_target) == [("ok", LATEST)] * PROCESSES
     store = make_store(migrate=False)
-    assert [v for v, _, _ in _schema_rows(store)] == [1, 2, 3]
+    assert [v for v, _, _ in _schema_rows(store)] == [1, 2, 3, 4]
     if store.backend == "sqlite":
         _one_row_per_version(Path(db_target))
         assert schema_of(db_target) == request.getfixturevalue("fresh_schema")
@@ -666,10 +687,10 @@ def test_caller_arriving_during_fresh_creation_waits(make_store: Any, db_target:
             late.join(timeout=1.0)  # returns early if the late caller gives up at once
 
     monkeypatch.setattr(migrations, "create_table", create_then_let_another_arrive)
-    assert creator.migrate() == [1, 2, 3]
+    assert creator.migrate() == [1, 2, 3, 4]
     late.join(timeout=60)
     assert outcome == [LATEST]
-    assert [v for v, _, _ in _schema_rows(creator)] == [1, 2, 3]
+    assert [v for v, _, _ in _schema_rows(creator)] == [1, 2, 3, 4]
 
 
 @pytest.mark.sqlite_only
@@ -757,5 +778,5 @@ def test_legacy_trigger_on_events_kept(legacy_file: Path, make_store: Any) -> No
 @pytest.mark.sqlite_only
 def test_store_reports_the_migrations_it_applied(legacy_file: Path, make_store: Any) -> None:
     assert make_store(legacy_file, migrate=False).applied_migrations == []
-    assert make_store(legacy_file).applied_migrations == [1, 2, 3]
+    assert make_store(legacy_file).applied_migrations == [1, 2, 3, 4]
     assert make_store(legacy_file).applied_migrations == []
