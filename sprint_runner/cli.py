@@ -318,14 +318,80 @@ def _destination_refused(exc: files.RefusedDestination) -> CommandError:
     return CommandError(str(exc))
 
 
+# -- declaring commands --------------------------------------------------------------------
+
+_Handler = Callable[[argparse.Namespace], int]
+
+
+class _Option(NamedTuple):
+    """One argument, declared once and added to every parser that takes it."""
+
+    flags: tuple[str, ...]
+    settings: dict[str, Any]
+
+    def add_to(self, parser: argparse.ArgumentParser, **overrides: Any) -> None:
+        """Add this argument to ``parser``, with ``overrides`` of its settings."""
+        parser.add_argument(*self.flags, **{**self.settings, **overrides})
+
+
+def _option(*flags: str, **settings: Any) -> _Option:
+    return _Option(flags, settings)
+
+
+class _Command(NamedTuple):
+    name: str
+    summary: str
+    options: tuple[_Option, ...]
+    handler: _Handler
+
+
+_COMMANDS: list[_Command] = []
+"""Every command, in the order ``--help`` lists them: each registers itself where its
+handler is defined (:func:`_command`), and :func:`_parser` builds its subparser from it."""
+
+
+def _command(name: str, summary: str, *options: _Option) -> Callable[[_Handler], _Handler]:
+    """Declare the decorated handler as command ``name``, taking ``options`` (beside
+    ``--db`` and ``--json``, which every command takes)."""
+    def register(handler: _Handler) -> _Handler:
+        _COMMANDS.append(_Command(name, summary, options, handler))
+        return handler
+    return register
+
+
+_DB_HELP = "database file or URL (default: $SPRINT_RUNNER_DB, else sprint-runner.db)"
+_JSON_HELP = "print JSON for machines (times as epoch seconds)"
+_EVERYWHERE = (_option("--db", metavar="PATH|URL", help=_DB_HELP),
+               _option("--json", action="store_true", help=_JSON_HELP))
+"""Taken before the command and after it."""
+
+_BATCH = _option("--batch", metavar="N", type=_count(1), help="only this batch's events")
+_FILTERS = (
+    _BATCH,
+    _option("--story", metavar="KEY", help="only events of this story key"),
+    _option("--command", metavar="C", dest="command_name",
+            help="only events of this command (dev-story, ...)"),
+    _option("--status", metavar="S", help="only events with this status"),
+    _option("--since", metavar="T", type=parse_moment, help="only events at or after this time"),
+    _option("--until", metavar="T", type=parse_moment, help="only events before this time"),
+)
+"""Which events: ``events`` lists them, ``export`` writes them."""
+
+
+def _dry_run(what: str) -> _Option:
+    return _option("--dry-run", action="store_true", help=what)
+
+
+def _stale_after(what: str) -> _Option:
+    return _option("--stale-after", metavar="DURATION", type=parse_duration, default=600,
+                   help=what)
+
+
 # -- commands ------------------------------------------------------------------------------
 
+@_command("init", "create the database or bring its schema up to date")
 def _cmd_init(args: argparse.Namespace) -> int:
     return _migrate(args, create=True, dry_run=False)
-
-
-def _cmd_migrate(args: argparse.Namespace) -> int:
-    return _migrate(args, create=False, dry_run=args.dry_run)
 
 
 def _migrate(args: argparse.Namespace, *, create: bool, dry_run: bool) -> int:
@@ -415,6 +481,9 @@ def _status_lines(store: Store, summary: dict[str, Any], now: int) -> list[str]:
     return lines
 
 
+@_command("status", "the running batch (else the last one) at a glance",
+          _option("--events", metavar="N", type=_count(0, MAX_PAGE), default=10,
+                  help="how many recent events to show (default: 10)"))
 def _cmd_status(args: argparse.Namespace) -> int:
     now = system_clock()
     with opened(args) as store:
@@ -434,6 +503,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("batches", "list the most recent batches, newest first",
+          _option("--limit", metavar="N", type=_count(1), default=20,
+                  help="how many (default: 20)"))
 def _cmd_batches(args: argparse.Namespace) -> int:
     now = system_clock()
     with opened(args) as store:
@@ -453,6 +525,8 @@ def _cmd_batches(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("show", "one batch: its stories with their commands, its background tasks",
+          _option("batch_id", metavar="BATCH_ID", type=_count(1), help="the batch's id"))
 def _cmd_show(args: argparse.Namespace) -> int:
     now = system_clock()
     with opened(args) as store:
@@ -510,6 +584,11 @@ def _event_filters(args: argparse.Namespace, now: int) -> dict[str, Any]:
             "until": None if args.until is None else args.until.resolve(now)}
 
 
+@_command("events", "list events, newest first, a page at a time", *_FILTERS,
+          _option("--limit", metavar="N", type=_count(1, MAX_PAGE), default=50,
+                  help="events per page (default: 50)"),
+          _option("--cursor", metavar="CURSOR",
+                  help="continue after the page that printed this cursor"))
 def _cmd_events(args: argparse.Namespace) -> int:
     now = system_clock()
     with opened(args) as store:
@@ -530,6 +609,12 @@ def _cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("tail", "show the latest events, then follow new ones (Ctrl-C stops)", _BATCH,
+          _option("-n", "--lines", metavar="N", type=_count(0, MAX_PAGE), default=10,
+                  help="how many existing events to show first (default: 10)"),
+          _option("--interval", metavar="S", type=_interval, default=1.0,
+                  help="seconds between polls (default: 1)"),
+          _option("--max-polls", type=_count(1), help=argparse.SUPPRESS))
 def _cmd_tail(args: argparse.Namespace) -> int:
     try:
         with opened(args) as store:
@@ -588,6 +673,11 @@ def _terminal_cell(value: object) -> object:
     return value if value is None or type(value) is int else for_terminal(untrusted.csv_cell(value))
 
 
+@_command("export", "write matching events, oldest first, as JSON lines or CSV", *_FILTERS,
+          _option("--format", choices=("jsonl", "csv"), default="jsonl",
+                  help="output format (default: jsonl)"),
+          _option("-o", "--output", metavar="FILE",
+                  help="write to FILE (replaced when complete) instead of stdout"))
 def _cmd_export(args: argparse.Namespace) -> int:
     now = system_clock()
     show_progress = sys.stderr.isatty()
@@ -631,6 +721,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 _ONE_ROW = {"stories": "story", "commands": "command", "background_tasks": "background task"}
 
 
+@_command("prune", "delete old finished batches and old events",
+          _option("--older-than", metavar="T", type=parse_moment, required=True,
+                  help="the cutoff: an age such as 30d, or a time"),
+          _option("--events-only", action="store_true",
+                  help="delete only old events; keep every batch, story and command"),
+          _dry_run("count, delete nothing"))
 def _cmd_prune(args: argparse.Namespace) -> int:
     cutoff = args.older_than.resolve(system_clock())
     with opened(args) as store:
@@ -652,27 +748,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_recover(args: argparse.Namespace) -> int:
-    now = system_clock()
-    with opened(args) as store:
-        stale = {b["id"]: b for b in store.find_stale_batches(args.stale_after)}
-        stopped = list(stale) if args.dry_run else store.recover_stale_batches(args.stale_after)
-    if args.json:
-        _print_json({"stale_after": args.stale_after, "dry_run": args.dry_run,
-                     "batches": stopped})
-        return 0
-    if not stopped:
-        _say(f"no stale batches (none running without a heartbeat for {span(args.stale_after)})")
-        return 0
-    verb = "would stop" if args.dry_run else "stopped"
-    for batch_id in stopped:
-        b = stale.get(batch_id)
-        seen = None if b is None else Store.last_seen(b)
-        owner = f"owner {b['owner']}, " if b is not None and b["owner"] else ""
-        _say(f"{verb} batch {batch_id} ({owner}last heartbeat {_ago(seen, now)})")
-    return 0
-
-
+@_command("backup", "copy the whole database to a new SQLite file",
+          _option("dest", metavar="DEST", help="the new file (must not exist)"))
 def _cmd_backup(args: argparse.Namespace) -> int:
     directory = os.path.dirname(os.path.abspath(args.dest))
     if not os.path.isdir(directory):
@@ -695,6 +772,37 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("recover", "stop running batches whose heartbeat went silent",
+          _stale_after("silent for this long (default: 10m)"),
+          _dry_run("list them, change nothing"))
+def _cmd_recover(args: argparse.Namespace) -> int:
+    now = system_clock()
+    with opened(args) as store:
+        stale = {b["id"]: b for b in store.find_stale_batches(args.stale_after)}
+        stopped = list(stale) if args.dry_run else store.recover_stale_batches(args.stale_after)
+    if args.json:
+        _print_json({"stale_after": args.stale_after, "dry_run": args.dry_run,
+                     "batches": stopped})
+        return 0
+    if not stopped:
+        _say(f"no stale batches (none running without a heartbeat for {span(args.stale_after)})")
+        return 0
+    verb = "would stop" if args.dry_run else "stopped"
+    for batch_id in stopped:
+        b = stale.get(batch_id)
+        seen = None if b is None else Store.last_seen(b)
+        owner = f"owner {b['owner']}, " if b is not None and b["owner"] else ""
+        _say(f"{verb} batch {batch_id} ({owner}last heartbeat {_ago(seen, now)})")
+    return 0
+
+
+@_command("migrate", "apply pending schema migrations", _dry_run("list them, change nothing"))
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    return _migrate(args, create=False, dry_run=args.dry_run)
+
+
+@_command("doctor", "check integrity, schema, size, rows and stale batches",
+          _stale_after("a running batch silent for this long needs attention (default: 10m)"))
 def _cmd_doctor(args: argparse.Namespace) -> int:
     now = system_clock()
     problems: list[str] = []
@@ -853,6 +961,7 @@ def _holds_data(location: str) -> CommandError:
         f"database, or one where only demos ran: try `{PROG} --db demo.db demo`")
 
 
+@_command("demo", "simulate a small sprint into a new database, then show its status")
 def _cmd_demo(args: argparse.Namespace) -> int:
     now = system_clock()
     database = open_database(_target(args))
@@ -904,15 +1013,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # -- the parser -------------------------------------------------------------------------------
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "init": _cmd_init, "status": _cmd_status, "batches": _cmd_batches, "show": _cmd_show,
-    "events": _cmd_events, "tail": _cmd_tail, "export": _cmd_export, "prune": _cmd_prune,
-    "backup": _cmd_backup, "recover": _cmd_recover, "migrate": _cmd_migrate,
-    "doctor": _cmd_doctor, "demo": _cmd_demo,
-}
-
-_DB_HELP = "database file or URL (default: $SPRINT_RUNNER_DB, else sprint-runner.db)"
-_JSON_HELP = "print JSON for machines (times as epoch seconds)"
 _EPILOG = f"""\
 times:  epoch seconds, ISO-8601 (2024-05-01T12:00, local unless it says Z or +HH:MM)
         or an age before now (30d, 2h, 10m, 45s, 1w, 1d12h)
@@ -930,99 +1030,32 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    # --db and --json work before or after the command; after it they must not reset
-    # a value given before it, hence SUPPRESS as their default there.
-    common = _Parser(add_help=False)
-    common.add_argument("--db", metavar="PATH|URL", default=argparse.SUPPRESS, help=_DB_HELP)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help=_JSON_HELP)
     parser = _Parser(
         prog=PROG, description="Look into and look after a sprint-runner database.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", metavar="PATH|URL", help=_DB_HELP)
-    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
+    # --db and --json work before or after the command; after it they must not reset
+    # a value given before it, hence SUPPRESS as their default there.
+    common = _Parser(add_help=False)
+    for option in _EVERYWHERE:
+        option.add_to(parser)
+        option.add_to(common, default=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND",
                                      required=True)
-
-    def command(name: str, summary: str,
-                *parents: _Parser) -> argparse.ArgumentParser:
-        return commands.add_parser(name, parents=[common, *parents], help=summary,
-                                   description=summary[0].upper() + summary[1:] + ".")
-
-    command("init", "create the database or bring its schema up to date")
-
-    p = command("status", "the running batch (else the last one) at a glance")
-    p.add_argument("--events", metavar="N", type=_count(0, MAX_PAGE), default=10,
-                   help="how many recent events to show (default: 10)")
-
-    p = command("batches", "list the most recent batches, newest first")
-    p.add_argument("--limit", metavar="N", type=_count(1), default=20,
-                   help="how many (default: 20)")
-
-    p = command("show", "one batch: its stories with their commands, its background tasks")
-    p.add_argument("batch_id", metavar="BATCH_ID", type=_count(1), help="the batch's id")
-
-    filters = _Parser(add_help=False)
-    filters.add_argument("--batch", metavar="N", type=_count(1), help="only this batch's events")
-    filters.add_argument("--story", metavar="KEY", help="only events of this story key")
-    filters.add_argument("--command", metavar="C", dest="command_name",
-                         help="only events of this command (dev-story, ...)")
-    filters.add_argument("--status", metavar="S", help="only events with this status")
-    filters.add_argument("--since", metavar="T", type=parse_moment,
-                         help="only events at or after this time")
-    filters.add_argument("--until", metavar="T", type=parse_moment,
-                         help="only events before this time")
-
-    p = command("events", "list events, newest first, a page at a time", filters)
-    p.add_argument("--limit", metavar="N", type=_count(1, MAX_PAGE), default=50,
-                   help="events per page (default: 50)")
-    p.add_argument("--cursor", metavar="CURSOR",
-                   help="continue after the page that printed this cursor")
-
-    p = command("tail", "show the latest events, then follow new ones (Ctrl-C stops)")
-    p.add_argument("--batch", metavar="N", type=_count(1), help="only this batch's events")
-    p.add_argument("-n", "--lines", metavar="N", type=_count(0, MAX_PAGE), default=10,
-                   help="how many existing events to show first (default: 10)")
-    p.add_argument("--interval", metavar="S", type=_interval, default=1.0,
-                   help="seconds between polls (default: 1)")
-    p.add_argument("--max-polls", type=_count(1), help=argparse.SUPPRESS)
-
-    p = command("export", "write matching events, oldest first, as JSON lines or CSV", filters)
-    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
-                   help="output format (default: jsonl)")
-    p.add_argument("-o", "--output", metavar="FILE",
-                   help="write to FILE (replaced when complete) instead of stdout")
-
-    p = command("prune", "delete old finished batches and old events")
-    p.add_argument("--older-than", metavar="T", type=parse_moment, required=True,
-                   help="the cutoff: an age such as 30d, or a time")
-    p.add_argument("--events-only", action="store_true",
-                   help="delete only old events; keep every batch, story and command")
-    p.add_argument("--dry-run", action="store_true", help="count, delete nothing")
-
-    p = command("backup", "copy the whole database to a new SQLite file")
-    p.add_argument("dest", metavar="DEST", help="the new file (must not exist)")
-
-    p = command("recover", "stop running batches whose heartbeat went silent")
-    p.add_argument("--stale-after", metavar="DURATION", type=parse_duration, default=600,
-                   help="silent for this long (default: 10m)")
-    p.add_argument("--dry-run", action="store_true", help="list them, change nothing")
-
-    p = command("migrate", "apply pending schema migrations")
-    p.add_argument("--dry-run", action="store_true", help="list them, change nothing")
-
-    p = command("doctor", "check integrity, schema, size, rows and stale batches")
-    p.add_argument("--stale-after", metavar="DURATION", type=parse_duration, default=600,
-                   help="a running batch silent for this long needs attention (default: 10m)")
-
-    command("demo", "simulate a small sprint into a new database, then show its status")
+    for command in _COMMANDS:
+        sentence = command.summary[0].upper() + command.summary[1:] + "."
+        sub = commands.add_parser(command.name, parents=[common], help=command.summary,
+                                  description=sentence)
+        for option in command.options:
+            option.add_to(sub)
+        sub.set_defaults(handler=command.handler)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``sprint-runner-db`` on ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     args = _parser().parse_args(argv)
+    run: _Handler = args.handler
     target = _target(args)
     # The store's warnings (a backup made before a migration, ...) reach stderr unless
     # the program embedding us already routes logging somewhere.
@@ -1034,7 +1067,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.addHandler(handler)
     status = 1
     try:
-        return _COMMANDS[args.command](args)
+        return run(args)
     except CommandError as exc:
         message, status = str(exc), exc.status
     except KeyboardInterrupt:
