@@ -23,7 +23,7 @@ from typing import IO, Any, NamedTuple, NoReturn
 
 import peewee
 
-from . import __version__, db, files, migrations, untrusted
+from . import __version__, db, demo, files, migrations, untrusted
 from .clock import system_clock
 from .connect import backend_of, describe, mask_secrets, mask_url, open_database
 from .migrations import SchemaState
@@ -882,77 +882,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 # -- demo ------------------------------------------------------------------------------------
 
-_DEMO_PLAN: tuple[tuple[str, str, tuple[tuple[str, str, int, str | None], ...]], ...] = (
-    # (story, epic, ((command, task, minutes, failure or None), ...)) in cycle order.
-    ("2a-1", "2a", (("create-story", "draft", 3, None), ("dev-story", "implement", 9, None),
-                    ("code-review", "review", 4, None))),
-    ("2a-2", "2a", (("create-story", "draft", 2, None),
-                    ("dev-story", "implement", 7, "2 tests failed in test_login.py"),
-                    ("dev-story", "fix", 4, None), ("code-review", "review", 3, None))),
-    ("2b-1", "2b", (("create-story", "draft", 2, None), ("dev-story", "implement", 5, None),
-                    ("code-review", "review", 2, None))),
-    ("2b-2", "2b", (("create-story", "draft", 2, None),
-                    ("dev-story", "implement", 6, "build failed: missing database migration"),
-                    ("dev-story", "fix", 3, "build failed: migration conflicts with 2a-2"),
-                    ("dev-story", "fix", 3, "build failed: migration conflicts with 2a-2"))),
-)
-_DEMO_OWNER = f"{PROG} demo"
 _DEMO_REPEATS = 20
-_DEMO_SUMMARIES = {"create-story": "story file written", "dev-story": "all tests pass",
-                   "code-review": "approved"}
-
-
-def _run_demo(store: Store, minutes: Callable[[int], None]) -> tuple[int, int]:
-    """Simulate a two-cycle sprint through ``store`` (its clock moved by ``minutes``);
-    return the batch id and the number of events logged."""
-    batch = store.create_batch(2)
-    store.update_batch(batch, owner=_DEMO_OWNER)  # marks it as a demo, not a real sprint
-    task: int | None = None
-    logged = 0
-
-    def event(story: tuple[int, str, str] | None, command: tuple[int, str, str] | None,
-              status: str, message: str, cycle: int) -> None:
-        story_id, key, epic = story if story else (None, "batch", "system")
-        command_id, name, task_name = command if command else (
-            None, "story" if story else "sprint", f"cycle-{cycle}")
-        store.create_event(batch, story_id, command_id, epic, key, name, task_name, status,
-                           message)
-        nonlocal logged
-        logged += 1
-
-    event(None, None, "start", f"batch {batch} started: 2 cycles, 4 stories", 1)
-    for cycle, plan in ((1, _DEMO_PLAN[:2]), (2, _DEMO_PLAN[2:])):
-        event(None, None, "start", f"cycle {cycle} of 2 started", cycle)
-        for key, epic, commands in plan:
-            story_id = store.create_story(batch, key, epic)
-            story = (story_id, key, epic)
-            event(story, None, "start", f"story {key} started", cycle)
-            for name, task_name, length, failure in commands:
-                command_id = store.create_command(story_id, name, task_name)
-                event(story, (command_id, name, task_name), "start", f"{name} started", cycle)
-                if task is None and name == "code-review":
-                    task = store.create_background_task(batch, key, "context-refresh")
-                minutes(length)
-                store.heartbeat(batch)
-                store.update_command(command_id, status="failed" if failure else "completed",
-                                     ended_at=store.clock(),
-                                     output_summary=failure or _DEMO_SUMMARIES[name])
-                event(story, (command_id, name, task_name), "failed" if failure else "end",
-                      failure or f"{name} done", cycle)
-            blocked = store.check_story_blocked(story_id)
-            store.update_story(story_id, status="blocked" if blocked else "done",
-                               ended_at=store.clock())
-            event(story, None, "blocked" if blocked else "end",
-                  f"story {key} blocked: its last 3 commands failed" if blocked
-                  else f"story {key} done", cycle)
-            if task is not None and cycle == 1 and key == plan[-1][0]:
-                store.update_background_task(task, status="completed",
-                                             completed_at=store.clock())
-        store.update_batch(batch, cycles_completed=cycle)
-        event(None, None, "end", f"cycle {cycle} of 2 done", cycle)
-    store.update_batch(batch, status="completed", ended_at=store.clock())
-    event(None, None, "end", f"batch {batch} completed: 3 stories done, 1 blocked", 2)
-    return batch, logged
 
 
 def _holds_data(location: str) -> CommandError:
@@ -974,18 +904,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if store.database.get_tables() and (
                 store.pending_migrations()
                 or store.table_counts()["batches"] > _DEMO_REPEATS
-                or any(b["owner"] != _DEMO_OWNER for b in store.list_batches(_DEMO_REPEATS))):
+                or any(b["owner"] != demo.OWNER for b in store.list_batches(_DEMO_REPEATS))):
             raise _holds_data(store.location)
         store.migrate()
-        # The simulated sprint ends now: its clock starts as long ago as its commands take.
-        simulated = [now - 60 * sum(c[2] for _, _, commands in _DEMO_PLAN for c in commands)]
-        demo = Store(store.database, clock=lambda: simulated[0], migrate=False)
-
-        def minutes(n: int) -> None:
-            simulated[0] += 60 * n
-
-        with demo.transaction():
-            batch, events = _run_demo(demo, minutes)
+        batch = demo.simulate_sprint(store, end=now)  # a sprint that ends now
+        events = store.count_events(batch_id=batch)
         summary = store.batch_summary(batch)
         stories = len(store.get_stories_by_batch(batch))
         commands = store.get_commands_by_batch(batch)
