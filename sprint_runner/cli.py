@@ -804,6 +804,17 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 @_command("doctor", "check integrity, schema, size, rows and stale batches",
           _stale_after("a running batch silent for this long needs attention (default: 10m)"))
 def _cmd_doctor(args: argparse.Namespace) -> int:
+    report = _doctor_report(args)
+    if args.json:
+        _print_json(report)
+    else:
+        _say(*_doctor_lines(report, args.stale_after))
+    return 0 if report["ok"] else 1
+
+
+def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
+    """Look the database over; return what ``doctor --json`` prints (``ok`` when no
+    ``problems``, and the ``advice`` that fixes them)."""
     now = system_clock()
     problems: list[str] = []
     advice: list[str] = []
@@ -848,36 +859,38 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         advice.append(f"{PROG} recover --stale-after {span(args.stale_after).replace(' ', '')}"
                       "   (once you know the batches' processes are gone)")
     report.update(problems=problems, advice=advice, ok=not problems)
-    if args.json:
-        _print_json(report)
-        return 0 if report["ok"] else 1
+    return report
+
+
+def _doctor_lines(report: dict[str, Any], stale_after: int) -> list[str]:
+    """The doctor's report for people (``stale_after``: the seconds it was asked for)."""
     storage = report["storage"]
-    _say(f"database    {report['location']} ({report['backend']})")
+    lines = [f"database    {report['location']} ({report['backend']})"]
     if report["schema_version"] is not None:
         pending = report["pending_migrations"]
         state = (f"{_plural(len(pending), 'migration')} pending" if pending else "up to date")
-        _say(f"schema      version {report['schema_version']} ({state})")
+        lines.append(f"schema      version {report['schema_version']} ({state})")
     if "file_bytes" in storage:
-        _say(f"size        {_bytes(storage['file_bytes'])}, WAL {_bytes(storage['wal_bytes'])}")
+        lines.append(f"size        {_bytes(storage['file_bytes'])}, "
+                     f"WAL {_bytes(storage['wal_bytes'])}")
     if report["integrity"] is not None:
-        _say(f"integrity   {'ok' if not report['integrity'] else 'PROBLEMS'}")
+        lines.append(f"integrity   {'ok' if not report['integrity'] else 'PROBLEMS'}")
     if report["tables"] is not None:
-        _say("rows        " + ", ".join(f"{t} {n:,}" for t, n in report["tables"].items()))
+        lines.append("rows        " + ", ".join(f"{t} {n:,}"
+                                                for t, n in report["tables"].items()))
     if report["stale_batches"] is not None:
         stale = report["stale_batches"]
-        _say(f"stale       {', '.join('batch ' + str(b['id']) for b in stale) or 'none'} "
-              f"(running batches silent for {span(args.stale_after)} or more)")
-    _say("")
+        lines.append(f"stale       {', '.join('batch ' + str(b['id']) for b in stale) or 'none'} "
+                     f"(running batches silent for {span(stale_after)} or more)")
+    lines.append("")
+    problems = report["problems"]
     if not problems:
-        _say("ok: nothing needs attention")
-        return 0
-    _say(f"{_plural(len(problems), 'problem')} need{'s' if len(problems) == 1 else ''} "
-          "attention:")
-    for problem in problems:
-        _say(f"  - {problem}")
-    for line in advice:
-        _say(f"to fix: {line}")
-    return 1
+        return [*lines, "ok: nothing needs attention"]
+    lines.append(f"{_plural(len(problems), 'problem')} need{'s' if len(problems) == 1 else ''} "
+                 "attention:")
+    lines.extend(f"  - {problem}" for problem in problems)
+    lines.extend(f"to fix: {line}" for line in report["advice"])
+    return lines
 
 
 # -- demo ------------------------------------------------------------------------------------
