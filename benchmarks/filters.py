@@ -50,9 +50,9 @@ import peewee
 import sprint_runner
 from sprint_runner import Store
 from sprint_runner.connect import mask_url
+from sprint_runner.events import EVENT_FILTERS, encode_cursor
 from sprint_runner.models import Event
 from sprint_runner.statements import Slot, compile_query
-from sprint_runner.events import EVENT_FILTERS, encode_cursor
 
 FILTERS = ("batch_id", "story_key", "command", "status", "since", "until")
 DASHBOARD = {("batch_id", "since"), ("batch_id", "until"), ("batch_id", "story_key"),

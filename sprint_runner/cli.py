@@ -23,7 +23,7 @@ from typing import IO, Any, NamedTuple, NoReturn
 
 import peewee
 
-from . import __version__, db, files, migrations, untrusted
+from . import __version__, db, demo, files, migrations, untrusted
 from .clock import system_clock
 from .connect import backend_of, describe, mask_secrets, mask_url, open_database
 from .migrations import SchemaState
@@ -318,14 +318,80 @@ def _destination_refused(exc: files.RefusedDestination) -> CommandError:
     return CommandError(str(exc))
 
 
+# -- declaring commands --------------------------------------------------------------------
+
+_Handler = Callable[[argparse.Namespace], int]
+
+
+class _Option(NamedTuple):
+    """One argument, declared once and added to every parser that takes it."""
+
+    flags: tuple[str, ...]
+    settings: dict[str, Any]
+
+    def add_to(self, parser: argparse.ArgumentParser, **overrides: Any) -> None:
+        """Add this argument to ``parser``, with ``overrides`` of its settings."""
+        parser.add_argument(*self.flags, **{**self.settings, **overrides})
+
+
+def _option(*flags: str, **settings: Any) -> _Option:
+    return _Option(flags, settings)
+
+
+class _Command(NamedTuple):
+    name: str
+    summary: str
+    options: tuple[_Option, ...]
+    handler: _Handler
+
+
+_COMMANDS: list[_Command] = []
+"""Every command, in the order ``--help`` lists them: each registers itself where its
+handler is defined (:func:`_command`), and :func:`_parser` builds its subparser from it."""
+
+
+def _command(name: str, summary: str, *options: _Option) -> Callable[[_Handler], _Handler]:
+    """Declare the decorated handler as command ``name``, taking ``options`` (beside
+    ``--db`` and ``--json``, which every command takes)."""
+    def register(handler: _Handler) -> _Handler:
+        _COMMANDS.append(_Command(name, summary, options, handler))
+        return handler
+    return register
+
+
+_DB_HELP = "database file or URL (default: $SPRINT_RUNNER_DB, else sprint-runner.db)"
+_JSON_HELP = "print JSON for machines (times as epoch seconds)"
+_EVERYWHERE = (_option("--db", metavar="PATH|URL", help=_DB_HELP),
+               _option("--json", action="store_true", help=_JSON_HELP))
+"""Taken before the command and after it."""
+
+_BATCH = _option("--batch", metavar="N", type=_count(1), help="only this batch's events")
+_FILTERS = (
+    _BATCH,
+    _option("--story", metavar="KEY", help="only events of this story key"),
+    _option("--command", metavar="C", dest="command_name",
+            help="only events of this command (dev-story, ...)"),
+    _option("--status", metavar="S", help="only events with this status"),
+    _option("--since", metavar="T", type=parse_moment, help="only events at or after this time"),
+    _option("--until", metavar="T", type=parse_moment, help="only events before this time"),
+)
+"""Which events: ``events`` lists them, ``export`` writes them."""
+
+
+def _dry_run(what: str) -> _Option:
+    return _option("--dry-run", action="store_true", help=what)
+
+
+def _stale_after(what: str) -> _Option:
+    return _option("--stale-after", metavar="DURATION", type=parse_duration, default=600,
+                   help=what)
+
+
 # -- commands ------------------------------------------------------------------------------
 
+@_command("init", "create the database or bring its schema up to date")
 def _cmd_init(args: argparse.Namespace) -> int:
     return _migrate(args, create=True, dry_run=False)
-
-
-def _cmd_migrate(args: argparse.Namespace) -> int:
-    return _migrate(args, create=False, dry_run=args.dry_run)
 
 
 def _migrate(args: argparse.Namespace, *, create: bool, dry_run: bool) -> int:
@@ -415,6 +481,9 @@ def _status_lines(store: Store, summary: dict[str, Any], now: int) -> list[str]:
     return lines
 
 
+@_command("status", "the running batch (else the last one) at a glance",
+          _option("--events", metavar="N", type=_count(0, MAX_PAGE), default=10,
+                  help="how many recent events to show (default: 10)"))
 def _cmd_status(args: argparse.Namespace) -> int:
     now = system_clock()
     with opened(args) as store:
@@ -434,6 +503,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("batches", "list the most recent batches, newest first",
+          _option("--limit", metavar="N", type=_count(1), default=20,
+                  help="how many (default: 20)"))
 def _cmd_batches(args: argparse.Namespace) -> int:
     now = system_clock()
     with opened(args) as store:
@@ -453,6 +525,8 @@ def _cmd_batches(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("show", "one batch: its stories with their commands, its background tasks",
+          _option("batch_id", metavar="BATCH_ID", type=_count(1), help="the batch's id"))
 def _cmd_show(args: argparse.Namespace) -> int:
     now = system_clock()
     with opened(args) as store:
@@ -510,6 +584,11 @@ def _event_filters(args: argparse.Namespace, now: int) -> dict[str, Any]:
             "until": None if args.until is None else args.until.resolve(now)}
 
 
+@_command("events", "list events, newest first, a page at a time", *_FILTERS,
+          _option("--limit", metavar="N", type=_count(1, MAX_PAGE), default=50,
+                  help="events per page (default: 50)"),
+          _option("--cursor", metavar="CURSOR",
+                  help="continue after the page that printed this cursor"))
 def _cmd_events(args: argparse.Namespace) -> int:
     now = system_clock()
     with opened(args) as store:
@@ -530,6 +609,12 @@ def _cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("tail", "show the latest events, then follow new ones (Ctrl-C stops)", _BATCH,
+          _option("-n", "--lines", metavar="N", type=_count(0, MAX_PAGE), default=10,
+                  help="how many existing events to show first (default: 10)"),
+          _option("--interval", metavar="S", type=_interval, default=1.0,
+                  help="seconds between polls (default: 1)"),
+          _option("--max-polls", type=_count(1), help=argparse.SUPPRESS))
 def _cmd_tail(args: argparse.Namespace) -> int:
     try:
         with opened(args) as store:
@@ -588,6 +673,11 @@ def _terminal_cell(value: object) -> object:
     return value if value is None or type(value) is int else for_terminal(untrusted.csv_cell(value))
 
 
+@_command("export", "write matching events, oldest first, as JSON lines or CSV", *_FILTERS,
+          _option("--format", choices=("jsonl", "csv"), default="jsonl",
+                  help="output format (default: jsonl)"),
+          _option("-o", "--output", metavar="FILE",
+                  help="write to FILE (replaced when complete) instead of stdout"))
 def _cmd_export(args: argparse.Namespace) -> int:
     now = system_clock()
     show_progress = sys.stderr.isatty()
@@ -631,6 +721,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 _ONE_ROW = {"stories": "story", "commands": "command", "background_tasks": "background task"}
 
 
+@_command("prune", "delete old finished batches and old events",
+          _option("--older-than", metavar="T", type=parse_moment, required=True,
+                  help="the cutoff: an age such as 30d, or a time"),
+          _option("--events-only", action="store_true",
+                  help="delete only old events; keep every batch, story and command"),
+          _dry_run("count, delete nothing"))
 def _cmd_prune(args: argparse.Namespace) -> int:
     cutoff = args.older_than.resolve(system_clock())
     with opened(args) as store:
@@ -652,27 +748,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_recover(args: argparse.Namespace) -> int:
-    now = system_clock()
-    with opened(args) as store:
-        stale = {b["id"]: b for b in store.find_stale_batches(args.stale_after)}
-        stopped = list(stale) if args.dry_run else store.recover_stale_batches(args.stale_after)
-    if args.json:
-        _print_json({"stale_after": args.stale_after, "dry_run": args.dry_run,
-                     "batches": stopped})
-        return 0
-    if not stopped:
-        _say(f"no stale batches (none running without a heartbeat for {span(args.stale_after)})")
-        return 0
-    verb = "would stop" if args.dry_run else "stopped"
-    for batch_id in stopped:
-        b = stale.get(batch_id)
-        seen = None if b is None else Store.last_seen(b)
-        owner = f"owner {b['owner']}, " if b is not None and b["owner"] else ""
-        _say(f"{verb} batch {batch_id} ({owner}last heartbeat {_ago(seen, now)})")
-    return 0
-
-
+@_command("backup", "copy the whole database to a new SQLite file",
+          _option("dest", metavar="DEST", help="the new file (must not exist)"))
 def _cmd_backup(args: argparse.Namespace) -> int:
     directory = os.path.dirname(os.path.abspath(args.dest))
     if not os.path.isdir(directory):
@@ -695,7 +772,49 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("recover", "stop running batches whose heartbeat went silent",
+          _stale_after("silent for this long (default: 10m)"),
+          _dry_run("list them, change nothing"))
+def _cmd_recover(args: argparse.Namespace) -> int:
+    now = system_clock()
+    with opened(args) as store:
+        stale = {b["id"]: b for b in store.find_stale_batches(args.stale_after)}
+        stopped = list(stale) if args.dry_run else store.recover_stale_batches(args.stale_after)
+    if args.json:
+        _print_json({"stale_after": args.stale_after, "dry_run": args.dry_run,
+                     "batches": stopped})
+        return 0
+    if not stopped:
+        _say(f"no stale batches (none running without a heartbeat for {span(args.stale_after)})")
+        return 0
+    verb = "would stop" if args.dry_run else "stopped"
+    for batch_id in stopped:
+        b = stale.get(batch_id)
+        seen = None if b is None else Store.last_seen(b)
+        owner = f"owner {b['owner']}, " if b is not None and b["owner"] else ""
+        _say(f"{verb} batch {batch_id} ({owner}last heartbeat {_ago(seen, now)})")
+    return 0
+
+
+@_command("migrate", "apply pending schema migrations", _dry_run("list them, change nothing"))
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    return _migrate(args, create=False, dry_run=args.dry_run)
+
+
+@_command("doctor", "check integrity, schema, size, rows and stale batches",
+          _stale_after("a running batch silent for this long needs attention (default: 10m)"))
 def _cmd_doctor(args: argparse.Namespace) -> int:
+    report = _doctor_report(args)
+    if args.json:
+        _print_json(report)
+    else:
+        _say(*_doctor_lines(report, args.stale_after))
+    return 0 if report["ok"] else 1
+
+
+def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
+    """Look the database over; return what ``doctor --json`` prints (``ok`` when no
+    ``problems``, and the ``advice`` that fixes them)."""
     now = system_clock()
     problems: list[str] = []
     advice: list[str] = []
@@ -740,111 +859,43 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         advice.append(f"{PROG} recover --stale-after {span(args.stale_after).replace(' ', '')}"
                       "   (once you know the batches' processes are gone)")
     report.update(problems=problems, advice=advice, ok=not problems)
-    if args.json:
-        _print_json(report)
-        return 0 if report["ok"] else 1
+    return report
+
+
+def _doctor_lines(report: dict[str, Any], stale_after: int) -> list[str]:
+    """The doctor's report for people (``stale_after``: the seconds it was asked for)."""
     storage = report["storage"]
-    _say(f"database    {report['location']} ({report['backend']})")
+    lines = [f"database    {report['location']} ({report['backend']})"]
     if report["schema_version"] is not None:
         pending = report["pending_migrations"]
         state = (f"{_plural(len(pending), 'migration')} pending" if pending else "up to date")
-        _say(f"schema      version {report['schema_version']} ({state})")
+        lines.append(f"schema      version {report['schema_version']} ({state})")
     if "file_bytes" in storage:
-        _say(f"size        {_bytes(storage['file_bytes'])}, WAL {_bytes(storage['wal_bytes'])}")
+        lines.append(f"size        {_bytes(storage['file_bytes'])}, "
+                     f"WAL {_bytes(storage['wal_bytes'])}")
     if report["integrity"] is not None:
-        _say(f"integrity   {'ok' if not report['integrity'] else 'PROBLEMS'}")
+        lines.append(f"integrity   {'ok' if not report['integrity'] else 'PROBLEMS'}")
     if report["tables"] is not None:
-        _say("rows        " + ", ".join(f"{t} {n:,}" for t, n in report["tables"].items()))
+        lines.append("rows        " + ", ".join(f"{t} {n:,}"
+                                                for t, n in report["tables"].items()))
     if report["stale_batches"] is not None:
         stale = report["stale_batches"]
-        _say(f"stale       {', '.join('batch ' + str(b['id']) for b in stale) or 'none'} "
-              f"(running batches silent for {span(args.stale_after)} or more)")
-    _say("")
+        lines.append(f"stale       {', '.join('batch ' + str(b['id']) for b in stale) or 'none'} "
+                     f"(running batches silent for {span(stale_after)} or more)")
+    lines.append("")
+    problems = report["problems"]
     if not problems:
-        _say("ok: nothing needs attention")
-        return 0
-    _say(f"{_plural(len(problems), 'problem')} need{'s' if len(problems) == 1 else ''} "
-          "attention:")
-    for problem in problems:
-        _say(f"  - {problem}")
-    for line in advice:
-        _say(f"to fix: {line}")
-    return 1
+        return [*lines, "ok: nothing needs attention"]
+    lines.append(f"{_plural(len(problems), 'problem')} need{'s' if len(problems) == 1 else ''} "
+                 "attention:")
+    lines.extend(f"  - {problem}" for problem in problems)
+    lines.extend(f"to fix: {line}" for line in report["advice"])
+    return lines
 
 
 # -- demo ------------------------------------------------------------------------------------
 
-_DEMO_PLAN: tuple[tuple[str, str, tuple[tuple[str, str, int, str | None], ...]], ...] = (
-    # (story, epic, ((command, task, minutes, failure or None), ...)) in cycle order.
-    ("2a-1", "2a", (("create-story", "draft", 3, None), ("dev-story", "implement", 9, None),
-                    ("code-review", "review", 4, None))),
-    ("2a-2", "2a", (("create-story", "draft", 2, None),
-                    ("dev-story", "implement", 7, "2 tests failed in test_login.py"),
-                    ("dev-story", "fix", 4, None), ("code-review", "review", 3, None))),
-    ("2b-1", "2b", (("create-story", "draft", 2, None), ("dev-story", "implement", 5, None),
-                    ("code-review", "review", 2, None))),
-    ("2b-2", "2b", (("create-story", "draft", 2, None),
-                    ("dev-story", "implement", 6, "build failed: missing database migration"),
-                    ("dev-story", "fix", 3, "build failed: migration conflicts with 2a-2"),
-                    ("dev-story", "fix", 3, "build failed: migration conflicts with 2a-2"))),
-)
-_DEMO_OWNER = f"{PROG} demo"
 _DEMO_REPEATS = 20
-_DEMO_SUMMARIES = {"create-story": "story file written", "dev-story": "all tests pass",
-                   "code-review": "approved"}
-
-
-def _run_demo(store: Store, minutes: Callable[[int], None]) -> tuple[int, int]:
-    """Simulate a two-cycle sprint through ``store`` (its clock moved by ``minutes``);
-    return the batch id and the number of events logged."""
-    batch = store.create_batch(2)
-    store.update_batch(batch, owner=_DEMO_OWNER)  # marks it as a demo, not a real sprint
-    task: int | None = None
-    logged = 0
-
-    def event(story: tuple[int, str, str] | None, command: tuple[int, str, str] | None,
-              status: str, message: str, cycle: int) -> None:
-        story_id, key, epic = story if story else (None, "batch", "system")
-        command_id, name, task_name = command if command else (
-            None, "story" if story else "sprint", f"cycle-{cycle}")
-        store.create_event(batch, story_id, command_id, epic, key, name, task_name, status,
-                           message)
-        nonlocal logged
-        logged += 1
-
-    event(None, None, "start", f"batch {batch} started: 2 cycles, 4 stories", 1)
-    for cycle, plan in ((1, _DEMO_PLAN[:2]), (2, _DEMO_PLAN[2:])):
-        event(None, None, "start", f"cycle {cycle} of 2 started", cycle)
-        for key, epic, commands in plan:
-            story_id = store.create_story(batch, key, epic)
-            story = (story_id, key, epic)
-            event(story, None, "start", f"story {key} started", cycle)
-            for name, task_name, length, failure in commands:
-                command_id = store.create_command(story_id, name, task_name)
-                event(story, (command_id, name, task_name), "start", f"{name} started", cycle)
-                if task is None and name == "code-review":
-                    task = store.create_background_task(batch, key, "context-refresh")
-                minutes(length)
-                store.heartbeat(batch)
-                store.update_command(command_id, status="failed" if failure else "completed",
-                                     ended_at=store.clock(),
-                                     output_summary=failure or _DEMO_SUMMARIES[name])
-                event(story, (command_id, name, task_name), "failed" if failure else "end",
-                      failure or f"{name} done", cycle)
-            blocked = store.check_story_blocked(story_id)
-            store.update_story(story_id, status="blocked" if blocked else "done",
-                               ended_at=store.clock())
-            event(story, None, "blocked" if blocked else "end",
-                  f"story {key} blocked: its last 3 commands failed" if blocked
-                  else f"story {key} done", cycle)
-            if task is not None and cycle == 1 and key == plan[-1][0]:
-                store.update_background_task(task, status="completed",
-                                             completed_at=store.clock())
-        store.update_batch(batch, cycles_completed=cycle)
-        event(None, None, "end", f"cycle {cycle} of 2 done", cycle)
-    store.update_batch(batch, status="completed", ended_at=store.clock())
-    event(None, None, "end", f"batch {batch} completed: 3 stories done, 1 blocked", 2)
-    return batch, logged
 
 
 def _holds_data(location: str) -> CommandError:
@@ -853,6 +904,7 @@ def _holds_data(location: str) -> CommandError:
         f"database, or one where only demos ran: try `{PROG} --db demo.db demo`")
 
 
+@_command("demo", "simulate a small sprint into a new database, then show its status")
 def _cmd_demo(args: argparse.Namespace) -> int:
     now = system_clock()
     database = open_database(_target(args))
@@ -865,18 +917,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if store.database.get_tables() and (
                 store.pending_migrations()
                 or store.table_counts()["batches"] > _DEMO_REPEATS
-                or any(b["owner"] != _DEMO_OWNER for b in store.list_batches(_DEMO_REPEATS))):
+                or any(b["owner"] != demo.OWNER for b in store.list_batches(_DEMO_REPEATS))):
             raise _holds_data(store.location)
         store.migrate()
-        # The simulated sprint ends now: its clock starts as long ago as its commands take.
-        simulated = [now - 60 * sum(c[2] for _, _, commands in _DEMO_PLAN for c in commands)]
-        demo = Store(store.database, clock=lambda: simulated[0], migrate=False)
-
-        def minutes(n: int) -> None:
-            simulated[0] += 60 * n
-
-        with demo.transaction():
-            batch, events = _run_demo(demo, minutes)
+        batch = demo.simulate_sprint(store, end=now)  # a sprint that ends now
+        events = store.count_events(batch_id=batch)
         summary = store.batch_summary(batch)
         stories = len(store.get_stories_by_batch(batch))
         commands = store.get_commands_by_batch(batch)
@@ -904,15 +949,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # -- the parser -------------------------------------------------------------------------------
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "init": _cmd_init, "status": _cmd_status, "batches": _cmd_batches, "show": _cmd_show,
-    "events": _cmd_events, "tail": _cmd_tail, "export": _cmd_export, "prune": _cmd_prune,
-    "backup": _cmd_backup, "recover": _cmd_recover, "migrate": _cmd_migrate,
-    "doctor": _cmd_doctor, "demo": _cmd_demo,
-}
-
-_DB_HELP = "database file or URL (default: $SPRINT_RUNNER_DB, else sprint-runner.db)"
-_JSON_HELP = "print JSON for machines (times as epoch seconds)"
 _EPILOG = f"""\
 times:  epoch seconds, ISO-8601 (2024-05-01T12:00, local unless it says Z or +HH:MM)
         or an age before now (30d, 2h, 10m, 45s, 1w, 1d12h)
@@ -930,99 +966,32 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    # --db and --json work before or after the command; after it they must not reset
-    # a value given before it, hence SUPPRESS as their default there.
-    common = _Parser(add_help=False)
-    common.add_argument("--db", metavar="PATH|URL", default=argparse.SUPPRESS, help=_DB_HELP)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help=_JSON_HELP)
     parser = _Parser(
         prog=PROG, description="Look into and look after a sprint-runner database.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", metavar="PATH|URL", help=_DB_HELP)
-    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
+    # --db and --json work before or after the command; after it they must not reset
+    # a value given before it, hence SUPPRESS as their default there.
+    common = _Parser(add_help=False)
+    for option in _EVERYWHERE:
+        option.add_to(parser)
+        option.add_to(common, default=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND",
                                      required=True)
-
-    def command(name: str, summary: str,
-                *parents: _Parser) -> argparse.ArgumentParser:
-        return commands.add_parser(name, parents=[common, *parents], help=summary,
-                                   description=summary[0].upper() + summary[1:] + ".")
-
-    command("init", "create the database or bring its schema up to date")
-
-    p = command("status", "the running batch (else the last one) at a glance")
-    p.add_argument("--events", metavar="N", type=_count(0, MAX_PAGE), default=10,
-                   help="how many recent events to show (default: 10)")
-
-    p = command("batches", "list the most recent batches, newest first")
-    p.add_argument("--limit", metavar="N", type=_count(1), default=20,
-                   help="how many (default: 20)")
-
-    p = command("show", "one batch: its stories with their commands, its background tasks")
-    p.add_argument("batch_id", metavar="BATCH_ID", type=_count(1), help="the batch's id")
-
-    filters = _Parser(add_help=False)
-    filters.add_argument("--batch", metavar="N", type=_count(1), help="only this batch's events")
-    filters.add_argument("--story", metavar="KEY", help="only events of this story key")
-    filters.add_argument("--command", metavar="C", dest="command_name",
-                         help="only events of this command (dev-story, ...)")
-    filters.add_argument("--status", metavar="S", help="only events with this status")
-    filters.add_argument("--since", metavar="T", type=parse_moment,
-                         help="only events at or after this time")
-    filters.add_argument("--until", metavar="T", type=parse_moment,
-                         help="only events before this time")
-
-    p = command("events", "list events, newest first, a page at a time", filters)
-    p.add_argument("--limit", metavar="N", type=_count(1, MAX_PAGE), default=50,
-                   help="events per page (default: 50)")
-    p.add_argument("--cursor", metavar="CURSOR",
-                   help="continue after the page that printed this cursor")
-
-    p = command("tail", "show the latest events, then follow new ones (Ctrl-C stops)")
-    p.add_argument("--batch", metavar="N", type=_count(1), help="only this batch's events")
-    p.add_argument("-n", "--lines", metavar="N", type=_count(0, MAX_PAGE), default=10,
-                   help="how many existing events to show first (default: 10)")
-    p.add_argument("--interval", metavar="S", type=_interval, default=1.0,
-                   help="seconds between polls (default: 1)")
-    p.add_argument("--max-polls", type=_count(1), help=argparse.SUPPRESS)
-
-    p = command("export", "write matching events, oldest first, as JSON lines or CSV", filters)
-    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
-                   help="output format (default: jsonl)")
-    p.add_argument("-o", "--output", metavar="FILE",
-                   help="write to FILE (replaced when complete) instead of stdout")
-
-    p = command("prune", "delete old finished batches and old events")
-    p.add_argument("--older-than", metavar="T", type=parse_moment, required=True,
-                   help="the cutoff: an age such as 30d, or a time")
-    p.add_argument("--events-only", action="store_true",
-                   help="delete only old events; keep every batch, story and command")
-    p.add_argument("--dry-run", action="store_true", help="count, delete nothing")
-
-    p = command("backup", "copy the whole database to a new SQLite file")
-    p.add_argument("dest", metavar="DEST", help="the new file (must not exist)")
-
-    p = command("recover", "stop running batches whose heartbeat went silent")
-    p.add_argument("--stale-after", metavar="DURATION", type=parse_duration, default=600,
-                   help="silent for this long (default: 10m)")
-    p.add_argument("--dry-run", action="store_true", help="list them, change nothing")
-
-    p = command("migrate", "apply pending schema migrations")
-    p.add_argument("--dry-run", action="store_true", help="list them, change nothing")
-
-    p = command("doctor", "check integrity, schema, size, rows and stale batches")
-    p.add_argument("--stale-after", metavar="DURATION", type=parse_duration, default=600,
-                   help="a running batch silent for this long needs attention (default: 10m)")
-
-    command("demo", "simulate a small sprint into a new database, then show its status")
+    for command in _COMMANDS:
+        sentence = command.summary[0].upper() + command.summary[1:] + "."
+        sub = commands.add_parser(command.name, parents=[common], help=command.summary,
+                                  description=sentence)
+        for option in command.options:
+            option.add_to(sub)
+        sub.set_defaults(handler=command.handler)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``sprint-runner-db`` on ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     args = _parser().parse_args(argv)
+    run: _Handler = args.handler
     target = _target(args)
     # The store's warnings (a backup made before a migration, ...) reach stderr unless
     # the program embedding us already routes logging somewhere.
@@ -1034,7 +1003,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.addHandler(handler)
     status = 1
     try:
-        return _COMMANDS[args.command](args)
+        return run(args)
     except CommandError as exc:
         message, status = str(exc), exc.status
     except KeyboardInterrupt:

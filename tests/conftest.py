@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import stat
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from sprint_runner import Store, db
+from sprint_runner.cli import main
 
 TEST_DB = os.environ.get("SPRINT_RUNNER_TEST_DB", "").strip()
 _SCHEME = urlsplit(TEST_DB).scheme.lower() if "://" in TEST_DB else "sqlite"
 BACKEND = {"postgres": "postgresql", "postgresql": "postgresql", "mysql": "mysql",
            "mariadb": "mysql"}.get(_SCHEME, "sqlite")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ROOT = Path(__file__).resolve().parent.parent
+"""The checkout: the folder that holds the package ``sprint_runner``."""
 
 
 class FakeClock:
@@ -259,6 +264,36 @@ def command(store: Store, story: int) -> int:
     return store.create_command(story, "dev-story", "setup")
 
 
+_EVENT = {"story_id": None, "command_id": None, "epic_id": "2a", "story_key": "2a-1",
+          "command": "dev-story", "task_id": "setup", "status": "progress"}
+
+
+def log_event(store: Store, batch: int, message: str | None = "m", **overrides: Any) -> int:
+    """Log an event of ``batch``, a dev-story progress event of story 2a-1 unless
+    ``overrides`` (``story_id``, ``command_id``, ``status``, ...) say otherwise."""
+    unknown = set(overrides) - set(_EVENT)
+    if unknown:
+        raise TypeError(f"log_event() got unknown fields {sorted(unknown)}")
+    return store.create_event(batch_id=batch, message=message, **{**_EVENT, **overrides})
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the command line; return its exit status, stdout and stderr."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def subprocess_env(*, without: tuple[str, ...] = (), **extra: str) -> dict[str, str]:
+    """The environment for a child Python: this one with the checkout first on
+    PYTHONPATH (the package need not be installed), less ``without``, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in without}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
+    env.update(extra)
+    return env
+
+
 # -- files the writer must refuse or leave alone -------------------------------------------
 
 SPECIAL_KINDS = ("symlink", "dangling-symlink", "fifo", "device", "directory")
@@ -301,3 +336,11 @@ def node_of(path: Any) -> tuple[int, int, str | None]:
     st = os.lstat(path)
     return stat.S_IFMT(st.st_mode), st.st_ino, (
         os.readlink(path) if stat.S_ISLNK(st.st_mode) else None)
+
+
+def victim_database(path: Any) -> str:
+    """Someone else's SQLite database at ``path``, which a planted symlink points at."""
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE precious (x); INSERT INTO precious VALUES ('mine');")
+    conn.close()
+    return str(path)

@@ -8,10 +8,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import SPECIAL_KINDS, digest, make_special, node_of
+from conftest import SPECIAL_KINDS, digest, make_special, node_of, victim_database
 
-from sprint_runner import Store, files
-from sprint_runner import sqlite_executor
+from sprint_runner import Store, files, sqlite_executor
 
 
 def _fill(store: Store) -> int:
@@ -95,17 +94,10 @@ def test_backup_while_a_writer_runs(store: Store, db_target: str, tmp_path: Path
 
 # -- where a backup may be written ---------------------------------------------------------
 
-def _victim_database(path: Path) -> str:
-    conn = sqlite3.connect(path)
-    conn.executescript("CREATE TABLE precious (x); INSERT INTO precious VALUES ('mine');")
-    conn.close()
-    return str(path)
-
-
 def test_backup_never_writes_through_a_planted_part_symlink(store: Store,
                                                             tmp_path: Path) -> None:
     batch = _fill(store)
-    victim = _victim_database(tmp_path / "victim.db")
+    victim = victim_database(tmp_path / "victim.db")
     victim_bytes = digest(victim)
     (tmp_path / "out").mkdir()
     dest = tmp_path / "out" / "copy.db"

@@ -1,6 +1,7 @@
 """The ``sprint-runner-db`` command line, run through ``main([...])`` on a test database."""
 from __future__ import annotations
 
+import argparse
 import base64
 import csv
 import datetime
@@ -18,22 +19,34 @@ from typing import Any
 
 import legacy_schema
 import pytest
-from conftest import SPECIAL_KINDS, digest, make_special, node_of
+from conftest import (
+    SPECIAL_KINDS,
+    digest,
+    log_event,
+    make_special,
+    node_of,
+    run_cli,
+    subprocess_env,
+    victim_database,
+)
 from freezegun import freeze_time
 
 from sprint_runner import Store, cli, db
 from sprint_runner.cli import Moment, main, parse_duration, parse_moment, span
 from sprint_runner.store import EVENT_COLUMNS
 
-COMMANDS = ("init", "status", "batches", "show", "events", "tail", "export", "prune",
-            "backup", "recover", "migrate", "doctor", "demo")
+
+def _command_names() -> tuple[str, ...]:
+    """The commands as the parser declares them, in the order ``--help`` lists them."""
+    (subparsers,) = (a for a in cli._parser()._actions
+                     if isinstance(a, argparse._SubParsersAction))
+    return tuple(subparsers.choices)
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the command line; return its exit status, stdout and stderr."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+COMMANDS = _command_names()
+
+
+run = run_cli
 
 
 def run_json(capsys: pytest.CaptureFixture[str], target: str, *argv: str) -> Any:
@@ -85,8 +98,9 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     out = capsys.readouterr().out
     assert exc.value.code == 0
-    for name in COMMANDS:
-        assert f"    {name} " in out
+    listed = out.partition("\n  COMMAND\n")[2].partition("\n\n")[0].splitlines()
+    # A command's line starts 4 columns in; a summary wrapped on a narrow terminal, further.
+    assert tuple(line.split()[0] for line in listed if line[4] != " ") == COMMANDS
     assert "--max-polls" not in out
 
 
@@ -109,7 +123,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_python_dash_m() -> None:
     result = subprocess.run([sys.executable, "-m", "sprint_runner", "--help"],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, env=subprocess_env())
     assert result.returncode == 0
     assert result.stdout.startswith("usage: sprint-runner-db ")
 
@@ -582,25 +596,21 @@ def test_events_bad_cursor(capsys: pytest.CaptureFixture[str], db_target: str,
         assert err.count("\n") == 1
 
 
-def _event(store: Store, batch: int, message: str) -> int:
-    return store.create_event(batch, None, None, "e", "k", "tail", "t", "progress", message)
-
-
 def test_tail_shows_the_last_lines_then_follows(capsys: pytest.CaptureFixture[str],
                                                 db_target: str, store: Store,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     batch = store.create_batch(1)
     other = store.create_batch(1)
     for i in range(15):
-        _event(store, batch, f"old {i}")
+        log_event(store, batch, f"old {i}")
     sleeps: list[float] = []
 
     def sleep(seconds: float) -> None:
         sleeps.append(seconds)
         if len(sleeps) == 1:
-            _event(store, batch, "new 1")
-            _event(store, other, "elsewhere")
-            _event(store, batch, "new 2")
+            log_event(store, batch, "new 1")
+            log_event(store, other, "elsewhere")
+            log_event(store, batch, "new 2")
 
     monkeypatch.setattr(cli, "_sleep", sleep)
     code, out, err = run(capsys, "--db", db_target, "tail", "--batch", str(batch), "-n", "3",
@@ -613,10 +623,10 @@ def test_tail_shows_the_last_lines_then_follows(capsys: pytest.CaptureFixture[st
 def test_tail_json_and_ctrl_c(capsys: pytest.CaptureFixture[str], db_target: str,
                               store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     batch = store.create_batch(1)
-    first = _event(store, batch, "first")
+    first = log_event(store, batch, "first")
 
     def sleep(seconds: float) -> None:
-        _event(store, batch, "second")
+        log_event(store, batch, "second")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "_sleep", sleep)
@@ -728,14 +738,6 @@ def _files_in(folder: Any) -> dict[str, str | None]:
             for name in sorted(os.listdir(folder))}
 
 
-def _victim_database(path: Any) -> str:
-    """Someone else's SQLite database, which a planted symlink points at."""
-    conn = sqlite3.connect(path)
-    conn.executescript("CREATE TABLE precious (x); INSERT INTO precious VALUES ('mine');")
-    conn.close()
-    return str(path)
-
-
 def _database_alias(how: str, path: str, monkeypatch: pytest.MonkeyPatch) -> str:
     folder = os.path.dirname(path)
     if how == "relative":
@@ -802,7 +804,7 @@ def test_a_destination_that_is_not_a_regular_file_is_refused(
 def test_a_planted_part_symlink_is_never_followed(
         capsys: pytest.CaptureFixture[str], db_target: str, store: Store,
         sprint: dict[str, int], tmp_path: Any, command: str) -> None:
-    victim = _victim_database(tmp_path / "victim.db")
+    victim = victim_database(tmp_path / "victim.db")
     victim_bytes = digest(victim)
     (tmp_path / "out").mkdir()
     dest = str(tmp_path / "out" / "copy")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import log_event
 
 from sprint_runner import LockTimeout, Store
 from sprint_runner.connect import backend_of, open_database
@@ -91,11 +92,6 @@ def _hold_write_lock(path: str) -> sqlite3.Connection:
     return holder
 
 
-def _event(store: Store, batch: int) -> int:
-    return store.create_event(batch, None, None, "2a", "2a-1", "dev-story", "setup",
-                              "progress", "m")
-
-
 @pytest.mark.sqlite_only
 def test_lock_timeout_names_the_database_and_writes_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "locked.db")
@@ -105,19 +101,19 @@ def test_lock_timeout_names_the_database_and_writes_nothing(tmp_path: Path) -> N
     try:
         started = time.monotonic()
         with pytest.raises(LockTimeout) as raised, store.transaction():
-            _event(store, batch)
+            log_event(store, batch)
         assert time.monotonic() - started < 1.0
         assert path in str(raised.value)
         assert "3 attempts" in str(raised.value)
         with pytest.raises(LockTimeout):  # a single statement outside a transaction too
-            _event(store, batch)
+            log_event(store, batch)
         assert store.get_batch(batch) is not None  # readers are not blocked
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     assert store.page_events(batch_id=batch)["events"] == []
     with store.transaction():  # the store is usable once the lock is free
-        _event(store, batch)
+        log_event(store, batch)
     assert len(store.page_events(batch_id=batch)["events"]) == 1
     store.close()
 
@@ -133,7 +129,7 @@ def test_lock_released_midway_lets_the_transaction_through(tmp_path: Path) -> No
     try:
         started = time.monotonic()
         with store.transaction():
-            event_id = _event(store, batch)
+            event_id = log_event(store, batch)
         waited = time.monotonic() - started
     finally:
         release.join()

@@ -1,13 +1,9 @@
 """Events: logging, newest-first listing with offset, per-batch history."""
 from __future__ import annotations
 
+from conftest import log_event
+
 from sprint_runner import Store
-
-
-def _event(store: Store, batch: int, status: str = "progress", message: str | None = "m",
-           story: int | None = None, command: int | None = None) -> int:
-    return store.create_event(batch, story, command, "2a", "2a-1", "dev-story", "setup",
-                              status, message)
 
 
 def test_create_event_row(store: Store, batch: int, story: int, command: int, clock) -> None:
@@ -21,7 +17,7 @@ def test_create_event_row(store: Store, batch: int, story: int, command: int, cl
 
 
 def test_event_optional_references(store: Store, batch: int) -> None:
-    event_id = _event(store, batch, message=None)
+    event_id = log_event(store, batch, message=None)
     row = store.get_events()[0]
     assert (row["id"], row["story_id"], row["command_id"], row["message"]) == (
         event_id, None, None, None)
@@ -36,19 +32,19 @@ def test_event_keyword_call(store: Store, batch: int) -> None:
 
 
 def test_get_events_newest_first_then_id(store: Store, batch: int, clock) -> None:
-    a = _event(store, batch)
-    b = _event(store, batch)
+    a = log_event(store, batch)
+    b = log_event(store, batch)
     clock.advance(5)
-    c = _event(store, batch)
+    c = log_event(store, batch)
     clock.now -= 100  # a clock that went backwards: timestamp order still wins
-    d = _event(store, batch)
+    d = log_event(store, batch)
     assert [e["id"] for e in store.get_events()] == [c, b, a, d]
 
 
 def test_get_events_limit_offset(store: Store, batch: int, clock) -> None:
     ids = []
     for _ in range(7):
-        ids.append(_event(store, batch))
+        ids.append(log_event(store, batch))
         clock.advance(1)
     newest = list(reversed(ids))
     assert [e["id"] for e in store.get_events(limit=3)] == newest[:3]
@@ -68,11 +64,11 @@ def test_get_events_default_limit_is_100(store: Store, batch: int) -> None:
 def test_get_events_by_batch_oldest_first(store: Store, clock) -> None:
     one, two = store.create_batch(1), store.create_batch(1)
     clock.advance(10)
-    late = _event(store, one)
+    late = log_event(store, one)
     clock.now -= 5
-    early = _event(store, one)
-    same_time = _event(store, one)
-    _event(store, two)
+    early = log_event(store, one)
+    same_time = log_event(store, one)
+    log_event(store, two)
     assert [e["id"] for e in store.get_events_by_batch(one)] == [early, same_time, late]
     assert store.get_events_by_batch(777) == []
 

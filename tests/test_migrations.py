@@ -22,6 +22,7 @@ from typing import Any
 import legacy_schema
 import peewee
 import pytest
+from conftest import subprocess_env
 from legacy_schema import DATA_TABLES
 
 from sprint_runner import IntegrityError, SchemaError, Store, db, migrations
@@ -728,7 +729,7 @@ os._exit(0)  # like kill -9: the WAL keeps its frames, nobody checkpoints
 def test_refused_file_with_wal_frames_untouched(tmp_path: Path, make_store: Any) -> None:
     path = tmp_path / "future-crashed.db"
     subprocess.run([sys.executable, "-c", _CRASH_AFTER_WRITING, str(path)], check=True,
-                   timeout=60)
+                   timeout=60, env=subprocess_env())
     main, wal = path.read_bytes(), Path(f"{path}-wal").read_bytes()
     assert wal
     with pytest.raises(SchemaError, match="1000000"):

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import inspect
-import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 from sprint_runner import Store, db
 
@@ -181,9 +181,8 @@ def test_init_db_switches_every_thread(tmp_path: Path, monkeypatch) -> None:
 
 
 def _run(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "SPRINT_RUNNER_DB"}
-    full_env.update(env)
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd,
+                          env=subprocess_env(without=("SPRINT_RUNNER_DB",), **env),
                           capture_output=True, text=True, check=True, timeout=60)
 
 

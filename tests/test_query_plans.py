@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from sprint_runner import Store
-from sprint_runner.statements import Statement
 from sprint_runner.events import EVENT_FILTERS
+from sprint_runner.statements import Statement
 
 pytestmark = pytest.mark.sqlite_only
 

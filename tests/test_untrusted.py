@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import pytest
+from conftest import run_cli
 
 from sprint_runner import Store, cli
 from sprint_runner.cli import main
@@ -72,12 +73,6 @@ def hostile(store: Store, clock: Any) -> dict[str, int]:
     return {"batch": batch, "story": story}
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("argv", [
     ["status"], ["batches"], ["show", "BATCH"], ["events"], ["events", "--story", "@k"],
     ["tail", "--max-polls", "1"], ["doctor"], ["recover", "--dry-run", "--stale-after", "1"],
@@ -90,7 +85,7 @@ def test_people_output_shows_agent_text_escaped(capsys: pytest.CaptureFixture[st
     # newlines in keys forged whole lines of output.
     monkeypatch.setattr(cli, "_sleep", lambda s: None)
     argv = [str(hostile["batch"]) if a == "BATCH" else a for a in argv]
-    code, out, err = _run(capsys, "--db", db_target, *argv)
+    code, out, err = run_cli(capsys, "--db", db_target, *argv)
     assert code in (0, 1), err
     assert out
     assert not RAW.search(out), repr(RAW.search(out))
@@ -109,7 +104,7 @@ def test_machine_output_is_lossless_and_escaped(capsys: pytest.CaptureFixture[st
     # JSON passed C1 controls (U+009B, U+009D) and bidi overrides (U+202E) raw.
     monkeypatch.setattr(cli, "_sleep", lambda s: None)
     argv = [str(hostile["batch"]) if a == "BATCH" else a for a in argv]
-    code, out, err = _run(capsys, "--db", db_target, "--json", *argv)
+    code, out, err = run_cli(capsys, "--db", db_target, "--json", *argv)
     assert (code, err) == (0, "")
     assert not JSON_RAW.search(out) and "\x1b" not in out
     documents = ([json.loads(line) for line in out.splitlines()]
@@ -134,7 +129,7 @@ def test_csv_export_guards_formula_cells(capsys: pytest.CaptureFixture[str], db_
                                          tmp_path: Any) -> None:
     # Issue 10, item 8: cells starting with =, +, -, @, tab or CR were written verbatim.
     path = tmp_path / "events.csv"
-    code, _, err = _run(capsys, "--db", db_target, "export", "--format", "csv", "-o", str(path))
+    code, _, err = run_cli(capsys, "--db", db_target, "export", "--format", "csv", "-o", str(path))
     assert (code, err) == (0, "")
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -164,7 +159,7 @@ def test_csv_export_to_a_terminal_is_escaped(db_target: str, hostile: dict[str, 
 
 def test_error_messages_are_escaped(capsys: pytest.CaptureFixture[str],
                                     db_target: str, store: Store) -> None:
-    code, out, err = _run(capsys, "--db", db_target, "events", "--story", "k\x1b[2J\x9b")
+    code, out, err = run_cli(capsys, "--db", db_target, "events", "--story", "k\x1b[2J\x9b")
     assert (code, out) == (0, "no events match\n")
-    code, _, err = _run(capsys, "--db", db_target, "events", "--cursor", "\x1b[2J")
+    code, _, err = run_cli(capsys, "--db", db_target, "events", "--cursor", "\x1b[2J")
     assert code == 2 and err.count("\n") == 1 and "\x1b" not in err and "\\x1b" in err

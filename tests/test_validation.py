@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import peewee
 import pytest
 
 from sprint_runner import IntegrityError, Store
+from sprint_runner import events as events_module
 from sprint_runner.models import MODELS
+from sprint_runner.validation import (
+    check_int,
+    check_optional_int,
+    check_optional_text,
+    check_text,
+)
 
 
 def dump(store: Store) -> dict[str, list[tuple[Any, ...]]]:
@@ -164,3 +172,57 @@ def test_hostile_values_are_bound_not_executed(store: Store, world, text: str) -
     assert store.page_events(story_key=text)["events"][0]["id"] == event
     assert len(store.get_stories_by_batch(world["batch"])) == 2
     assert store.get_batch(world["batch"]) is not None
+
+
+# -- the fast path of an event row agrees with the rules --------------------------------------
+
+class _Int(int):
+    pass
+
+
+class _Str(str):
+    pass
+
+
+_KEY_FIELDS = ("epic_id", "story_key", "command", "task_id", "status")
+_RULES: dict[str, Callable[[str, object], object]] = {
+    "batch_id": check_int, "story_id": check_optional_int, "command_id": check_optional_int,
+    **{name: lambda n, v: check_text(n, v, max_length=255) for name in _KEY_FIELDS},
+    "message": check_optional_text,
+}
+"""What each argument of ``create_event`` must be, by the rules alone (in call order)."""
+
+_GOOD_EVENT = {"batch_id": 7, "story_id": 8, "command_id": 9, "epic_id": "2a",
+               "story_key": "2a-1", "command": "dev-story", "task_id": "setup",
+               "status": "progress", "message": "m"}
+_IDS = [0, 1, 2**63 - 1, -2**63, 2**63, -2**63 - 1, True, False, 1.0, 1.5, float("nan"), "1",
+        None, _Int(3)]
+_TEXTS = ["x", "2a-1", "", "\x00", "a\x00b", "x" * 255, "x" * 256, "\ud800", "ok\udfff", "café",
+          "café\ud800", "é" * 256, None, 1, 1.5, True, b"x", _Str("s")]
+_EVENT_CASES = [(name, value) for name in _RULES
+                for value in (_IDS if name in ("batch_id", "story_id", "command_id") else _TEXTS)]
+
+
+def _outcome(call: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
+    """What a call gives: the row (its values and their types), or the error raised."""
+    try:
+        row = call()
+    except (TypeError, ValueError) as exc:
+        return type(exc), str(exc)
+    return "accepted", row, tuple(type(v) for v in row)
+
+
+def _by_the_rules(event: dict[str, object], timestamp: int) -> tuple[Any, ...]:
+    checked = {name: rule(name, event[name]) for name, rule in _RULES.items()}
+    return (checked["batch_id"], checked["story_id"], checked["command_id"], timestamp,
+            *(checked[name] for name in _KEY_FIELDS), checked["message"])
+
+
+@pytest.mark.parametrize(("name", "value"), _EVENT_CASES,
+                         ids=[f"{n}={v!r:.20}" for n, v in _EVENT_CASES])
+def test_event_row_fast_path_agrees_with_the_rules(name: str, value: object) -> None:
+    # event_row decides the common case in one expression, then falls back on the
+    # check_* rules: whatever the input, it must accept and refuse what they do.
+    event = {**_GOOD_EVENT, name: value}
+    assert _outcome(lambda: events_module.event_row(*event.values(), 1_700_000_000)) == (
+        _outcome(lambda: _by_the_rules(event, 1_700_000_000)))
