@@ -10,9 +10,10 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, overload
 
 from .clock import Clock
+from .events import create_event_signature
 from .store import Row, Store
 
 DB_PATH: str = os.environ.get("SPRINT_RUNNER_DB") or "sprint-runner.db"
@@ -139,12 +140,26 @@ def get_commands_by_story(story_id: int) -> list[Row]:
 
 # -- events -------------------------------------------------------------------------------
 
+@overload
 def create_event(batch_id: int, story_id: int | None, command_id: int | None, epic_id: str,
                  story_key: str, command: str, task_id: str, status: str,
-                 message: str | None) -> int:
-    """Log an event; return its id."""
-    return get_store().create_event(batch_id, story_id, command_id, epic_id, story_key,
-                                    command, task_id, status, message)
+                 message: str | None, *, event_type: str = "",
+                 payload: Mapping[str, Any] | None = None) -> int: ...
+
+
+@overload
+def create_event(batch_id: int, story_id: int | None, command_id: int | None, event_type: str,
+                 epic_id: str, story_key: str, command: str, task_id: str, status: str,
+                 message: str | None, payload: Mapping[str, Any] | None = None) -> int: ...
+
+
+def create_event(*args: Any, **kwargs: Any) -> int:
+    """Log an event; return its id (the old module's arguments, or the later module's
+    with ``event_type`` fourth)."""
+    return get_store().create_event(*args, **kwargs)
+
+
+setattr(create_event, "__signature__", create_event_signature(method=False))
 
 
 def get_events(limit: int = 100, offset: int = 0) -> list[Row]:
@@ -165,11 +180,12 @@ def create_events(events: Iterable[Mapping[str, Any]]) -> int:
 def page_events(*, limit: int = 100, cursor: str | None = None, batch_id: int | None = None,
                 story_key: str | None = None, command: str | None = None,
                 status: str | None = None, since: int | None = None, until: int | None = None,
-                newest_first: bool = True) -> dict[str, Any]:
+                newest_first: bool = True, event_type: str | None = None) -> dict[str, Any]:
     """Return one keyset page of events and the next page's cursor."""
     return get_store().page_events(limit=limit, cursor=cursor, batch_id=batch_id,
                                    story_key=story_key, command=command, status=status,
-                                   since=since, until=until, newest_first=newest_first)
+                                   since=since, until=until, newest_first=newest_first,
+                                   event_type=event_type)
 
 
 def tail_events(after_id: int = 0, *, batch_id: int | None = None,
@@ -181,11 +197,11 @@ def tail_events(after_id: int = 0, *, batch_id: int | None = None,
 def iter_events(*, batch_id: int | None = None, story_key: str | None = None,
                 command: str | None = None, status: str | None = None,
                 since: int | None = None, until: int | None = None,
-                newest_first: bool = False) -> Iterator[Row]:
+                newest_first: bool = False, event_type: str | None = None) -> Iterator[Row]:
     """Stream matching events in bounded memory."""
     return get_store().iter_events(batch_id=batch_id, story_key=story_key, command=command,
                                    status=status, since=since, until=until,
-                                   newest_first=newest_first)
+                                   newest_first=newest_first, event_type=event_type)
 
 
 def prune_events(*, older_than: int, dry_run: bool = False) -> int:

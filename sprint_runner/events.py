@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,9 +27,18 @@ from .validation import (
     check_text,
 )
 
-EVENT_FIELDS = ("batch_id", "story_id", "command_id", "epic_id", "story_key", "command",
-                "task_id", "status", "message")
-"""``create_event``'s parameters, in order; also the keys ``create_events`` takes."""
+OLD_EVENT_ARGUMENTS = ("batch_id", "story_id", "command_id", "epic_id", "story_key", "command",
+                       "task_id", "status", "message")
+"""``create_event``'s positional parameters in the old module's form."""
+LATER_EVENT_ARGUMENTS = ("batch_id", "story_id", "command_id", "event_type", "epic_id",
+                         "story_key", "command", "task_id", "status", "message", "payload")
+"""... and in the later module's (``event_type`` fourth, ``payload`` eleventh)."""
+EVENT_FIELDS = OLD_EVENT_ARGUMENTS + ("event_type", "payload")
+"""The keys ``create_events`` takes (``timestamp`` too)."""
+MAX_TEXT_BYTES = 4 * 2**20
+"""The largest ``message`` and ``payload`` JSON, in UTF-8 bytes: under every backend's
+packet limit (MySQL's default ``max_allowed_packet`` is 16 MiB)."""
+_FAST_TEXT = MAX_TEXT_BYTES // 4  # this many characters are under the bound in any script
 
 CHUNK = 1000
 """Rows per statement or transaction in bulk writes, deletes and streamed reads."""
@@ -40,6 +51,7 @@ EVENT_FILTERS: dict[str, Callable[..., Expression]] = {
     "story_key": lambda e=Event: e.story_key == Slot("story_key"),
     "command": lambda e=Event: e.command_name == Slot("command"),
     "status": lambda e=Event: e.status == Slot("status"),
+    "event_type": lambda e=Event: e.event_type == Slot("event_type"),
     "since": lambda e=Event: e.timestamp >= Slot("since"),
     "until": lambda e=Event: e.timestamp < Slot("until"),
 }
@@ -55,9 +67,10 @@ _REQUIRED_EVENT_KEY_SET = frozenset(_REQUIRED_EVENT_KEYS)
 _EVENT_KEYS = frozenset(EVENT_FIELDS) | {"timestamp"}
 
 
-def event_row(batch_id: object, story_id: object, command_id: object, epic_id: object,
-               story_key: object, command: object, task_id: object, status: object,
-               message: object, timestamp: int) -> tuple[Any, ...]:
+def event_row(batch_id: object, story_id: object, command_id: object, event_type: object,
+              epic_id: object, story_key: object, command: object, task_id: object,
+              status: object, message: object, payload: object,
+              timestamp: int) -> tuple[Any, ...]:
     """Return the checked row ``insert_event`` binds, or raise naming the bad parameter."""
     # The common case, decided in one expression: a bulk insert pays this per event.
     # Anything it does not accept goes through the checks below, which name the culprit.
@@ -65,31 +78,102 @@ def event_row(batch_id: object, story_id: object, command_id: object, epic_id: o
             and (story_id is None or (type(story_id) is int and INT64_MIN <= story_id <= INT64_MAX))
             and (command_id is None
                  or (type(command_id) is int and INT64_MIN <= command_id <= INT64_MAX))
-            and type(epic_id) is str and 0 < len(epic_id) <= KEY_LENGTH
-            and type(story_key) is str and 0 < len(story_key) <= KEY_LENGTH
-            and type(command) is str and 0 < len(command) <= KEY_LENGTH
-            and type(task_id) is str and 0 < len(task_id) <= KEY_LENGTH
+            and type(event_type) is str and len(event_type) <= KEY_LENGTH
+            and type(epic_id) is str and len(epic_id) <= KEY_LENGTH
+            and type(story_key) is str and len(story_key) <= KEY_LENGTH
+            and type(command) is str and len(command) <= KEY_LENGTH
+            and type(task_id) is str and len(task_id) <= KEY_LENGTH
             and type(status) is str and 0 < len(status) <= KEY_LENGTH
-            and (message is None or type(message) is str)
-            and "\x00" not in epic_id and "\x00" not in story_key and "\x00" not in command
+            and (message is None or (type(message) is str and len(message) <= _FAST_TEXT))
+            and payload is None
+            and "\x00" not in event_type and "\x00" not in epic_id
+            and "\x00" not in story_key and "\x00" not in command
             and "\x00" not in task_id and "\x00" not in status
             and (message is None or "\x00" not in message)
-            and epic_id.isascii() and story_key.isascii() and command.isascii()
-            and task_id.isascii() and status.isascii()
+            and event_type.isascii() and epic_id.isascii() and story_key.isascii()
+            and command.isascii() and task_id.isascii() and status.isascii()
             and (message is None or message.isascii() or not SURROGATE.search(message))):
         return (batch_id, story_id, command_id, timestamp, epic_id, story_key, command,
-                task_id, status, message)
+                task_id, status, message, event_type, None)
     check_int("batch_id", batch_id)
     check_optional_int("story_id", story_id)
     check_optional_int("command_id", command_id)
-    check_text("epic_id", epic_id, max_length=KEY_LENGTH)
-    check_text("story_key", story_key, max_length=KEY_LENGTH)
-    check_text("command", command, max_length=KEY_LENGTH)
-    check_text("task_id", task_id, max_length=KEY_LENGTH)
+    # The later module sends "" where a log line has no story, command or type.
+    for name, value in (("event_type", event_type), ("epic_id", epic_id),
+                        ("story_key", story_key), ("command", command), ("task_id", task_id)):
+        check_text(name, value, max_length=KEY_LENGTH, allow_empty=True)
     check_text("status", status, max_length=KEY_LENGTH)
-    check_optional_text("message", message)
+    text = check_optional_text("message", message)
+    if text is not None:
+        check_size("message", text)
     return (batch_id, story_id, command_id, timestamp, epic_id, story_key, command, task_id,
-            status, message)
+            status, message, event_type, payload_text(payload))
+
+
+def check_size(name: str, text: str) -> None:
+    """Raise ``ValueError`` naming ``name`` if ``text`` is over 4 MiB as UTF-8."""
+    if len(text) > _FAST_TEXT and len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+        raise ValueError(f"{name} is larger than {MAX_TEXT_BYTES // 2**20} MiB as UTF-8 "
+                         f"({len(text.encode('utf-8')):,} bytes)")
+
+
+def payload_text(payload: object) -> str | None:
+    """Return ``payload`` as the strict, compact JSON text stored in ``payload_json``."""
+    if payload is None:
+        return None
+    if not isinstance(payload, Mapping):
+        raise TypeError(f"payload must be a mapping (a JSON object), not "
+                        f"{type(payload).__name__}: {payload!r:.80}")
+    try:
+        text = json.dumps(payload if isinstance(payload, dict) else dict(payload),
+                          ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        # A set, an object, NaN or an infinity: nothing JSON can hold exactly.
+        raise TypeError(f"payload is not JSON-serialisable: {exc}") from None
+    if SURROGATE.search(text):
+        raise ValueError("payload contains a lone surrogate, not valid Unicode text")
+    check_size("payload", text)
+    return text
+
+
+def create_event_signature(*, method: bool) -> inspect.Signature:
+    """Return the signature ``create_event`` shows: the old module's parameters, then
+    ``event_type`` and ``payload`` by keyword (the later positional form is bound by
+    :func:`create_event_arguments`)."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter("self", kind)] if method else []
+    parameters += [inspect.Parameter(name, kind) for name in OLD_EVENT_ARGUMENTS]
+    parameters += [inspect.Parameter("event_type", inspect.Parameter.KEYWORD_ONLY, default=""),
+                   inspect.Parameter("payload", inspect.Parameter.KEYWORD_ONLY, default=None)]
+    return inspect.Signature(parameters, return_annotation="int")
+
+
+def create_event_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Bind ``create_event``'s arguments in either module's form; return them by name.
+
+    Ten or eleven positional arguments, or exactly nine with ``message=`` given by
+    keyword, are the later module's form (``event_type`` fourth, ``payload``
+    eleventh); every other call is the old module's (``event_type`` and ``payload``
+    by keyword only).
+    """
+    count = len(args)
+    later = count in (10, 11) or (count == 9 and "message" in kwargs)
+    names = LATER_EVENT_ARGUMENTS if later else OLD_EVENT_ARGUMENTS
+    if count > len(names):
+        raise TypeError(f"create_event() takes at most 11 positional arguments ({count} given)")
+    bound = dict(zip(names, args))
+    for name, value in kwargs.items():
+        if name not in LATER_EVENT_ARGUMENTS:
+            raise TypeError(f"create_event() got an unexpected keyword argument {name!r}")
+        if name in bound:
+            raise TypeError(f"create_event() got multiple values for argument {name!r}")
+        bound[name] = value
+    missing = [name for name in OLD_EVENT_ARGUMENTS if name not in bound]
+    if missing:
+        raise TypeError(f"create_event() missing required arguments: {', '.join(missing)}")
+    bound.setdefault("event_type", "")
+    bound.setdefault("payload", None)
+    return bound
 
 
 def split(n: int) -> list[int]:
@@ -105,14 +189,19 @@ def split(n: int) -> list[int]:
 
 
 def event_filters(batch_id: object, story_key: object, command: object, status: object,
-                   since: object, until: object) -> dict[str, Any]:
-    """Validate event filters; return the given ones by name, in a fixed order."""
+                  since: object, until: object, event_type: object = None) -> dict[str, Any]:
+    """Validate event filters; return the given ones by name, in a fixed order.
+
+    A text filter may be ``""``: the batch-level events the later module logs
+    without a story or command.
+    """
     filters: dict[str, Any] = {}
     if batch_id is not None:
         filters["batch_id"] = check_int("batch_id", batch_id)
-    for name, value in (("story_key", story_key), ("command", command), ("status", status)):
+    for name, value in (("story_key", story_key), ("command", command), ("status", status),
+                        ("event_type", event_type)):
         if value is not None:
-            filters[name] = check_text(name, value, max_length=KEY_LENGTH)
+            filters[name] = check_text(name, value, max_length=KEY_LENGTH, allow_empty=True)
     if since is not None:
         filters["since"] = check_int("since", since, minimum=0)
     if until is not None:
@@ -165,7 +254,8 @@ def event_from_mapping(index: int, event: object, now: int) -> tuple[Any, ...]:
     try:
         check_int("timestamp", timestamp, minimum=0)
         return event_row(event["batch_id"], event.get("story_id"), event.get("command_id"),
-                          event["epic_id"], event["story_key"], event["command"],
-                          event["task_id"], event["status"], event.get("message"), timestamp)
+                         event.get("event_type", ""), event["epic_id"], event["story_key"],
+                         event["command"], event["task_id"], event["status"],
+                         event.get("message"), event.get("payload"), timestamp)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"events[{index}]: {exc}") from None

@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import peewee
-from playhouse.migrate import SchemaMigrator
 
 from .clock import Clock
 from .connect import backend_of, connect_sqlite_readonly
@@ -133,8 +132,10 @@ V3_INDEXES = (
     "idx_events_command", "idx_events_status", "idx_batches_status_ended",
 )
 V4_INDEXES = ("idx_events_batch_story_key", "idx_events_batch_command", "idx_events_batch_status")
+V5_INDEXES = ("idx_events_event_type", "idx_events_batch_event_type")
 ADDED_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
     2: {"batches": ("owner", "heartbeat_at")},
+    5: {"events": ("event_type", "payload_json")},
 }
 """Columns each migration adds, so adoption knows which ones a legacy file lacks."""
 
@@ -169,7 +170,10 @@ def _rebuild_sqlite_table(database: peewee.Database, model: type[BaseModel]) -> 
         "SELECT sql FROM sqlite_master WHERE type IN ('index', 'trigger') AND tbl_name = ? "
         "AND sql IS NOT NULL", (table,)).fetchall()]
     present = {row[1] for row in database.execute_sql(f'PRAGMA table_info("{table}")')}
-    columns = ", ".join(f'"{c}"' for c in legacy_columns(table) if c in present)
+    # Every column the model and the table share, later additions a file may already
+    # hold included (the transition's payload_json): nothing the table holds is lost.
+    columns = ", ".join(f'"{f.column_name}"' for f in model._meta.sorted_fields
+                        if f.column_name in present)
     create_table(database, model, temporary)
     database.execute_sql(f'INSERT INTO "{temporary}" ({columns}) SELECT {columns} FROM "{table}"')
     database.execute_sql("PRAGMA legacy_alter_table = ON")
@@ -198,16 +202,25 @@ def _baseline(database: peewee.Database) -> None:
         logger.info("created indexes %s", ", ".join(created))
 
 
-def _batch_owner_heartbeat(database: peewee.Database) -> None:
-    """Version 2: ``batches.owner`` (host:pid) and ``batches.heartbeat_at``."""
-    migrator = SchemaMigrator.from_database(database)
-    for table, columns in ADDED_COLUMNS[2].items():
+def _add_missing_columns(database: peewee.Database, version: int) -> None:
+    """Add the columns migration ``version`` adds that a table lacks, as the model
+    declares them (a NOT NULL column with its DEFAULT, in one statement)."""
+    for table, columns in ADDED_COLUMNS[version].items():
         model = _model(table)
         present = {c.name for c in database.get_columns(table)}
         by_column = {f.column_name: f for f in model._meta.sorted_fields}
         for column in columns:
-            if column not in present:
-                migrator.add_column(table, column, by_column[column]).run()
+            if column in present:
+                continue
+            ctx = database.get_sql_context()
+            ctx.literal("ALTER TABLE ").sql(peewee.Entity(table)).literal(" ADD COLUMN ")
+            ctx.sql(by_column[column].ddl(ctx))
+            database.execute(ctx)
+
+
+def _batch_owner_heartbeat(database: peewee.Database) -> None:
+    """Version 2: ``batches.owner`` (host:pid) and ``batches.heartbeat_at``."""
+    _add_missing_columns(database, 2)
 
 
 def _event_history_indexes(database: peewee.Database) -> None:
@@ -224,11 +237,20 @@ def _event_filter_pair_indexes(database: peewee.Database) -> None:
     create_missing_indexes(database, V4_INDEXES)
 
 
+def _typed_events(database: peewee.Database) -> None:
+    """Version 5: ``events.event_type`` (text, ``''`` by default) and
+    ``events.payload_json`` (a JSON object as text), as the later module writes them;
+    an index for ``event_type`` filters."""
+    _add_missing_columns(database, 5)
+    create_missing_indexes(database, V5_INDEXES)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline", _baseline),
     Migration(2, "batch_owner_heartbeat", _batch_owner_heartbeat),
     Migration(3, "event_history_indexes", _event_history_indexes),
     Migration(4, "event_filter_pair_indexes", _event_filter_pair_indexes),
+    Migration(5, "typed_events", _typed_events),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

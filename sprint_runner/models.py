@@ -113,6 +113,11 @@ class Event(BaseModel):
     task_id = _key()
     status = _key()
     message = TextField(null=True)
+    # Last, in the order migration 5 adds them, so every database has one column order.
+    # "command:start", "batch:end", ...; "" for the events of callers that send none.
+    event_type = _key(default="", constraints=[SQL("DEFAULT ''")])
+    # A JSON object as text, exactly as stored (rows of adopted files keep their own).
+    payload_json = TextField(null=True)
 
     class Meta:
         table_name = "events"
@@ -167,6 +172,8 @@ INDEXES: tuple[tuple[str, type[BaseModel], tuple[str, ...]], ...] = (
     ("idx_events_batch_story_key", Event, ("batch_id", "story_key", "id")),
     ("idx_events_batch_command", Event, ("batch_id", "command", "id")),
     ("idx_events_batch_status", Event, ("batch_id", "status", "id")),
+    ("idx_events_event_type", Event, ("event_type",)),
+    ("idx_events_batch_event_type", Event, ("batch_id", "event_type", "id")),
 )
 
 

@@ -22,9 +22,11 @@ COMMAND_COLUMNS = columns_of(Command)
 EVENT_COLUMNS = columns_of(Event)
 TASK_COLUMNS = columns_of(BackgroundTask)
 
-_EVENT_INSERT_FIELDS = (Event.batch, Event.story, Event.command, Event.timestamp, Event.epic_id,
-                        Event.story_key, Event.command_name, Event.task_id, Event.status,
-                        Event.message)
+_EVENT_INSERT_FIELDS = (Event.batch, Event.story, Event.command, Event.timestamp,
+                        Event.epic_id, Event.story_key, Event.command_name, Event.task_id,
+                        Event.status, Event.message, Event.event_type, Event.payload_json)
+"""The columns of ``insert_event``, in the order :func:`~sprint_runner.events.event_row`
+returns them."""
 
 
 def _select(model: type[BaseModel]) -> Any:
@@ -95,8 +97,7 @@ class Statements:
         # -- events --------------------------------------------------------------------
         self.insert_event = self._insert(Event.insert(
             {f: Slot(f.column_name) for f in _EVENT_INSERT_FIELDS}),
-            expect=("batch_id", "story_id", "command_id", "timestamp", "epic_id",
-                    "story_key", "command", "task_id", "status", "message"))
+            expect=tuple(f.column_name for f in _EVENT_INSERT_FIELDS))
         self.events_newest = c(
             _select(Event).order_by(Event.timestamp.desc(), Event.id.desc())
             .limit(Slot("limit")).offset(Slot("offset")), EVENT_COLUMNS,

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import peewee
 
@@ -27,6 +27,8 @@ from .events import (
     EVENT_FIELDS,
     MAX_PAGE,
     TIME_RANGE_PAGES,
+    create_event_arguments,
+    create_event_signature,
     decode_cursor,
     encode_cursor,
     event_filters,
@@ -320,12 +322,30 @@ class Store:
 
     # -- events ---------------------------------------------------------------------------
 
+    @overload
     def create_event(self, batch_id: int, story_id: int | None, command_id: int | None,
                      epic_id: str, story_key: str, command: str, task_id: str, status: str,
-                     message: str | None) -> int:
-        """Log an event (timestamp now); return its id."""
-        row = event_row(batch_id, story_id, command_id, epic_id, story_key, command,
-                        task_id, status, message, self._now())
+                     message: str | None, *, event_type: str = "",
+                     payload: Mapping[str, Any] | None = None) -> int: ...
+
+    @overload
+    def create_event(self, batch_id: int, story_id: int | None, command_id: int | None,
+                     event_type: str, epic_id: str, story_key: str, command: str, task_id: str,
+                     status: str, message: str | None,
+                     payload: Mapping[str, Any] | None = None) -> int: ...
+
+    def create_event(self, *args: Any, **kwargs: Any) -> int:
+        """Log an event (timestamp now); return its id.
+
+        Takes the old module's arguments, with ``event_type`` (default ``""``) and
+        ``payload`` (a JSON-serialisable mapping, stored as ``payload_json``) by
+        keyword, or the later module's: ``event_type`` fourth and ``payload``
+        eleventh (see :func:`~sprint_runner.events.create_event_arguments`).
+        """
+        a = create_event_arguments(args, kwargs)
+        row = event_row(a["batch_id"], a["story_id"], a["command_id"], a["event_type"],
+                        a["epic_id"], a["story_key"], a["command"], a["task_id"], a["status"],
+                        a["message"], a["payload"], self._now())
         return self._executor.insert(self._statements.insert_event, row)
 
     def create_events(self, events: Iterable[Mapping[str, Any]]) -> int:
@@ -387,7 +407,7 @@ class Store:
                     batch_id: int | None = None, story_key: str | None = None,
                     command: str | None = None, status: str | None = None,
                     since: int | None = None, until: int | None = None,
-                    newest_first: bool = True) -> dict[str, Any]:
+                    newest_first: bool = True, event_type: str | None = None) -> dict[str, Any]:
         """Return one page of events by id and the opaque cursor of the next page.
 
         ``{"events": [...], "next_cursor": str | None}``; ``newest_first`` orders by id
@@ -398,7 +418,7 @@ class Store:
         check_int("limit", limit, minimum=1)
         if limit > MAX_PAGE:
             raise ValueError(f"limit must be <= {MAX_PAGE}, got {limit}")
-        filters = event_filters(batch_id, story_key, command, status, since, until)
+        filters = event_filters(batch_id, story_key, command, status, since, until, event_type)
         check_bool("newest_first", newest_first)
         after = None if cursor is None else decode_cursor(cursor, newest_first)
         events = self._event_chunk(filters, newest_first, after, limit + 1)
@@ -419,22 +439,24 @@ class Store:
 
     def count_events(self, *, batch_id: int | None = None, story_key: str | None = None,
                      command: str | None = None, status: str | None = None,
-                     since: int | None = None, until: int | None = None) -> int:
+                     since: int | None = None, until: int | None = None,
+                     event_type: str | None = None) -> int:
         """Return how many events match the filters (as ``page_events`` takes them)."""
-        filters = event_filters(batch_id, story_key, command, status, since, until)
+        filters = event_filters(batch_id, story_key, command, status, since, until, event_type)
         statement = self._statements.event_count(tuple(filters))
         return self._executor.scalar(statement, tuple(filters.values()))
 
     def iter_events(self, *, batch_id: int | None = None, story_key: str | None = None,
                     command: str | None = None, status: str | None = None,
                     since: int | None = None, until: int | None = None,
-                    newest_first: bool = False, chunk_size: int = CHUNK) -> Iterator[Row]:
+                    newest_first: bool = False, event_type: str | None = None,
+                    chunk_size: int = CHUNK) -> Iterator[Row]:
         """Stream every matching event (oldest first by default) in bounded memory.
 
         Reads chunks of ``chunk_size`` rows by keyset; no transaction stays open
         between chunks, so writers are never held up by a slow consumer.
         """
-        filters = event_filters(batch_id, story_key, command, status, since, until)
+        filters = event_filters(batch_id, story_key, command, status, since, until, event_type)
         check_int("chunk_size", chunk_size, minimum=1)
         if chunk_size > MAX_PAGE:
             raise ValueError(f"chunk_size must be <= {MAX_PAGE}, got {chunk_size}")
@@ -473,7 +495,8 @@ class Store:
     def create_background_task(self, batch_id: int, story_key: str, task_type: str) -> int:
         """Record a spawned background task (status running, spawned now); return its id."""
         check_int("batch_id", batch_id)
-        check_text("story_key", story_key, max_length=KEY_LENGTH)
+        # "" when the later module joins an empty list of keys.
+        check_text("story_key", story_key, max_length=KEY_LENGTH, allow_empty=True)
         check_text("task_type", task_type, max_length=KEY_LENGTH)
         return self._executor.insert(self._statements.insert_task,
                                      (batch_id, story_key, task_type, self._now()))
@@ -526,7 +549,7 @@ class Store:
                            f"(stale after {stale_after}s)")
                 executor.insert(statements.insert_event, (
                     batch["id"], None, None, now, "system", "recovery", "recover-stale-batches",
-                    "recovery", "stopped", message))
+                    "recovery", "stopped", message, "batch:end", None))
                 logger.warning("%s", message)
                 recovered.append(batch["id"])
         return recovered
@@ -748,3 +771,6 @@ class Store:
         columns = tuple(c for c in columns_of(model) if c in values)
         return self._executor.rowcount(self._statements.update(model, columns),
                                        tuple(values[c] for c in columns) + (row_id,))
+
+
+setattr(Store.create_event, "__signature__", create_event_signature(method=True))

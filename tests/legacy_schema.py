@@ -134,3 +134,70 @@ def version3(path: str, *, data: bool = True) -> None:
     """A file at this package's schema version 3."""
     build(path, V1_TABLES, LEGACY_INDEXES, V1_EXTRA_INDEXES, V1_STAMP, V2_CHANGES, V3_CHANGES,
           *([DATA, V2_DATA] if data else []))
+
+
+# The later module's files (issue 12). Kind 2, the transition: the old tables plus
+# events.payload_json added by ALTER TABLE (no event_type), the (batch_id, story_key)
+# index, timestamps in milliseconds.
+KIND2_CHANGES = """
+ALTER TABLE events ADD COLUMN payload_json TEXT;
+CREATE INDEX IF NOT EXISTS idx_stories_batch_key ON stories(batch_id, story_key);
+"""
+# Kind 3, made fresh by the later module: events with event_type and payload_json and a
+# foreign key on batch_id only; the other tables as the old module made them.
+KIND3_TABLES = LEGACY_TABLES.replace(
+    "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, batch_id INTEGER NOT NULL, "
+    "story_id INTEGER, command_id INTEGER, timestamp INTEGER NOT NULL, epic_id TEXT NOT NULL, "
+    "story_key TEXT NOT NULL, command TEXT NOT NULL, task_id TEXT NOT NULL, "
+    "status TEXT NOT NULL, message TEXT);",
+    "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, batch_id INTEGER NOT NULL, "
+    "story_id INTEGER, command_id INTEGER, timestamp INTEGER NOT NULL, event_type TEXT NOT NULL, "
+    "epic_id TEXT NOT NULL, story_key TEXT NOT NULL, command TEXT NOT NULL, "
+    "task_id TEXT NOT NULL, status TEXT NOT NULL, message TEXT, payload_json TEXT, "
+    "FOREIGN KEY (batch_id) REFERENCES batches(id));",
+)
+assert KIND3_TABLES != LEGACY_TABLES
+# Payload text kept byte for byte: spaces, key order and escapes as the later module wrote.
+MS_DATA = """
+INSERT INTO batches (id, started_at, ended_at, max_cycles, cycles_completed, status) VALUES
+    (1, 1769253352553, 1769256952553, 3, 3, 'completed'),
+    (2, 1769260000000, NULL, 2, 0, 'running');
+INSERT INTO stories VALUES (1, 1, '5-sr-2', '5', 'done', 1769253352600, 1769253999000);
+INSERT INTO stories VALUES (2, 2, 'été-🚀', 'é', 'in-progress', 1769260000100, NULL);
+INSERT INTO commands VALUES (1, 1, 'dev-story', 'impl', 1769253352700, 1769253352900, 'completed', 'ok');
+INSERT INTO commands VALUES (2, 2, 'code-review-2', 'review', 1769260000200, NULL, 'running', NULL);
+INSERT INTO background_tasks VALUES (1, 1, '', 'context-refresh', 1769253353000, NULL, 'running');
+"""
+KIND2_EVENTS = """
+INSERT INTO events VALUES (1, 1, NULL, NULL, 1769253352553, '', '', 'batch', '', 'start', 'batch started', NULL);
+INSERT INTO events VALUES (2, 1, 1, 1, 1769253352700, '5', '5-sr-2', 'dev-story', 'impl', 'start', NULL, '{"a": 1, "z": [1, 2]}');
+INSERT INTO events VALUES (5, 2, 2, 2, 1769260000300, 'é', 'été-🚀', 'code-review-2', 'review', 'progress', 'ligne', '{"texte":"ça \\u00e9","n":null}');
+"""
+KIND3_EVENTS = """
+INSERT INTO events VALUES (1, 1, NULL, NULL, 1769253352553, 'batch:start', '', '', 'batch', '', 'start', 'batch started', NULL);
+INSERT INTO events VALUES (2, 1, 1, 1, 1769253352700, 'command:start', '5', '5-sr-2', 'dev-story', 'impl', 'start', NULL, '{"a": 1, "z": [1, 2]}');
+INSERT INTO events VALUES (3, 1, 1, 1, 1769253352900, 'command:end', '5', '5-sr-2', 'dev-story', 'impl', 'end', 'done', '{"ok":true}');
+INSERT INTO events VALUES (6, 2, 2, 2, 1769260000300, 'command:progress', 'é', 'été-🚀', 'code-review-2', 'review', 'progress', 'ligne', '{"texte":"ça \\u00e9","n":null}');
+"""
+# A file whose timestamps mix seconds and milliseconds: refused, untouched.
+MIXED_DATA = """
+INSERT INTO batches (id, started_at, ended_at, max_cycles, cycles_completed, status) VALUES
+    (1, 1700000000, 1700003600, 1, 1, 'completed'),
+    (2, 1769260000000, NULL, 1, 0, 'running');
+"""
+
+
+def kind2(path: str, *, data: bool = True) -> None:
+    """A file of the transition: payload_json added, no event_type, milliseconds."""
+    build(path, LEGACY_TABLES, LEGACY_INDEXES, KIND2_CHANGES,
+          *([MS_DATA, KIND2_EVENTS] if data else []))
+
+
+def kind3(path: str, *, data: bool = True) -> None:
+    """A file the later module made fresh: typed events, milliseconds."""
+    build(path, KIND3_TABLES, LEGACY_INDEXES, *([MS_DATA, KIND3_EVENTS] if data else []))
+
+
+def mixed_units(path: str) -> None:
+    """A legacy file whose batches' timestamps are in seconds and in milliseconds."""
+    build(path, LEGACY_TABLES, LEGACY_INDEXES, MIXED_DATA)

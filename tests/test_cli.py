@@ -31,7 +31,7 @@ from conftest import (
 )
 from freezegun import freeze_time
 
-from sprint_runner import Store, cli, db
+from sprint_runner import Store, cli, db, migrations
 from sprint_runner.cli import Moment, main, parse_duration, parse_moment, span
 from sprint_runner.store import EVENT_COLUMNS
 
@@ -857,8 +857,7 @@ def test_backup_is_owner_only(capsys: pytest.CaptureFixture[str], db_target: str
 
 _OLD_FILES = {"legacy": (legacy_schema.legacy, 0), "version1": (legacy_schema.version1, 1),
               "version2": (legacy_schema.version2, 2)}
-_MIGRATION_NAMES = {1: "baseline", 2: "batch_owner_heartbeat", 3: "event_history_indexes",
-                    4: "event_filter_pair_indexes"}
+_MIGRATION_NAMES = {m.version: m.name for m in migrations.MIGRATIONS}
 
 
 @pytest.fixture(params=list(_OLD_FILES))

@@ -12,7 +12,8 @@ def test_create_event_row(store: Store, batch: int, story: int, command: int, cl
     assert store.get_events() == [{
         "id": event_id, "batch_id": batch, "story_id": story, "command_id": command,
         "timestamp": clock.now, "epic_id": "2a", "story_key": "2a-1", "command": "dev-story",
-        "task_id": "setup", "status": "start", "message": "Starting",
+        "task_id": "setup", "status": "start", "message": "Starting", "event_type": "",
+        "payload_json": None,
     }]
 
 

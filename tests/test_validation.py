@@ -187,13 +187,17 @@ class _Str(str):
 _KEY_FIELDS = ("epic_id", "story_key", "command", "task_id", "status")
 _RULES: dict[str, Callable[[str, object], object]] = {
     "batch_id": check_int, "story_id": check_optional_int, "command_id": check_optional_int,
-    **{name: lambda n, v: check_text(n, v, max_length=255) for name in _KEY_FIELDS},
+    # "" is a key the later module sends (issue 12); a status is still required.
+    "event_type": lambda n, v: check_text(n, v, max_length=255, allow_empty=True),
+    **{name: lambda n, v: check_text(n, v, max_length=255, allow_empty=True)
+       for name in _KEY_FIELDS},
+    "status": lambda n, v: check_text(n, v, max_length=255),
     "message": check_optional_text,
 }
 """What each argument of ``create_event`` must be, by the rules alone (in call order)."""
 
-_GOOD_EVENT = {"batch_id": 7, "story_id": 8, "command_id": 9, "epic_id": "2a",
-               "story_key": "2a-1", "command": "dev-story", "task_id": "setup",
+_GOOD_EVENT = {"batch_id": 7, "story_id": 8, "command_id": 9, "event_type": "command:start",
+               "epic_id": "2a", "story_key": "2a-1", "command": "dev-story", "task_id": "setup",
                "status": "progress", "message": "m"}
 _IDS = [0, 1, 2**63 - 1, -2**63, 2**63, -2**63 - 1, True, False, 1.0, 1.5, float("nan"), "1",
         None, _Int(3)]
@@ -215,7 +219,8 @@ def _outcome(call: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
 def _by_the_rules(event: dict[str, object], timestamp: int) -> tuple[Any, ...]:
     checked = {name: rule(name, event[name]) for name, rule in _RULES.items()}
     return (checked["batch_id"], checked["story_id"], checked["command_id"], timestamp,
-            *(checked[name] for name in _KEY_FIELDS), checked["message"])
+            *(checked[name] for name in _KEY_FIELDS), checked["message"],
+            checked["event_type"], None)
 
 
 @pytest.mark.parametrize(("name", "value"), _EVENT_CASES,
@@ -224,5 +229,5 @@ def test_event_row_fast_path_agrees_with_the_rules(name: str, value: object) -> 
     # event_row decides the common case in one expression, then falls back on the
     # check_* rules: whatever the input, it must accept and refuse what they do.
     event = {**_GOOD_EVENT, name: value}
-    assert _outcome(lambda: events_module.event_row(*event.values(), 1_700_000_000)) == (
+    assert _outcome(lambda: events_module.event_row(*event.values(), None, 1_700_000_000)) == (
         _outcome(lambda: _by_the_rules(event, 1_700_000_000)))
