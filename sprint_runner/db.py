@@ -20,18 +20,26 @@ DB_PATH: str = os.environ.get("SPRINT_RUNNER_DB") or "sprint-runner.db"
 """The default database: ``$SPRINT_RUNNER_DB`` (a path or URL) or ``sprint-runner.db``
 in the current directory. ``init_db()`` reads it at call time, so patching works."""
 
+TIME_UNIT: str = os.environ.get("SPRINT_RUNNER_TIME_UNIT") or "s"
+"""The unit a new database takes: ``"s"`` (Unix seconds) or ``"ms"`` (milliseconds), from
+``$SPRINT_RUNNER_TIME_UNIT``. ``init_db()`` reads it at call time, like ``DB_PATH``."""
+
 _default: Store | None = None
 _lock = threading.Lock()
 
 
-def init_db(path: str | os.PathLike[str] | None = None, *, clock: Clock | None = None) -> None:
+def init_db(path: str | os.PathLike[str] | None = None, *, clock: Clock | None = None,
+            time_unit: str | None = None) -> None:
     """Open (creating or upgrading) the database and make it the default store.
 
     ``path`` is a file path or URL; None means ``DB_PATH``. Calling it again with
-    another path switches every thread to that database at its next call.
+    another path switches every thread to that database at its next call. A new
+    database records ``time_unit``, else ``TIME_UNIT``; an existing one keeps its own
+    (only an explicit ``time_unit`` that disagrees is refused).
     """
     global _default
-    store = Store(DB_PATH if path is None else path, clock)
+    store = Store(DB_PATH if path is None else path, clock, time_unit=time_unit,
+                  default_time_unit=TIME_UNIT)
     with _lock:
         previous, _default = _default, store
     if previous is not None and previous is not store:
@@ -47,7 +55,7 @@ def get_store() -> Store:
     if store is None:
         with _lock:
             if _default is None:
-                _default = Store(DB_PATH)
+                _default = Store(DB_PATH, default_time_unit=TIME_UNIT)
             store = _default
     return store
 
@@ -261,3 +269,24 @@ def recover_stale_batches(stale_after: int) -> list[int]:
 def backup(dest: str | os.PathLike[str]) -> None:
     """Write a consistent copy of the default database to the new SQLite file ``dest``."""
     get_store().backup(dest)
+
+
+def list_batches(limit: int = 20, offset: int = 0) -> list[Row]:
+    """Return the most recent batches, newest first, each with its ``story_count``."""
+    return get_store().list_batches(limit, offset)
+
+
+def count_batches() -> int:
+    """Return how many batches the database holds."""
+    return get_store().count_batches()
+
+
+def batch_summary(batch_id: int) -> Row | None:
+    """Return the batch with its stories by status, running commands, pending background
+    tasks and last events (as ``Store.batch_summary``), or None."""
+    return get_store().batch_summary(batch_id)
+
+
+def get_commands_by_batch(batch_id: int) -> list[Row]:
+    """Return every command of the batch's stories, by id (one query)."""
+    return get_store().get_commands_by_batch(batch_id)

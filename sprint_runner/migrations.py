@@ -26,11 +26,18 @@ from typing import Any
 
 import peewee
 
-from .clock import Clock
+from .clock import TIME_UNITS, Clock
 from .connect import backend_of, connect_sqlite_readonly
 from .errors import LockTimeout, SchemaError
 from .executor import MIGRATION_LOCK, Executor
-from .models import INDEXES, MODELS, BaseModel, SchemaMigration
+from .models import (
+    INDEXES,
+    MODELS,
+    TIMESTAMP_COLUMNS,
+    BaseModel,
+    SchemaMigration,
+    Setting,
+)
 from .sqlite_executor import is_busy, sqlite_integrity_problems
 from .statements import Slot, compile_query
 
@@ -38,6 +45,10 @@ logger = logging.getLogger("sprint_runner")
 
 SCHEMA_TABLES: tuple[str, ...] = tuple(m._meta.table_name for m in MODELS)
 _MIGRATIONS_TABLE = SchemaMigration._meta.table_name
+_SETTINGS_TABLE = Setting._meta.table_name
+MS_FROM = 10**11
+"""A timestamp at or above this is in milliseconds (10^11 seconds is the year 5138;
+10^11 milliseconds is March 1973)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +57,9 @@ class Migration:
 
     version: int
     name: str
-    apply: Callable[[peewee.Database], None]
+    apply: Callable[[peewee.Database, str], None]
+    """Applies it to a database; the second argument is the time unit an empty database
+    takes (only migration 6 needs it)."""
 
 
 # -- DDL derived from the models ------------------------------------------------------
@@ -114,6 +127,7 @@ def create_schema(database: peewee.Database) -> None:
     Idempotent (only what is missing), so an interrupted creation can be finished.
     """
     create_table(database, SchemaMigration)
+    create_table(database, Setting)
     for model in MODELS:
         create_table(database, model)
     create_missing_indexes(database, [name for name, _, _ in INDEXES])
@@ -190,7 +204,7 @@ def _rebuild_sqlite_table(database: peewee.Database, model: type[BaseModel]) -> 
     logger.info("rebuilt table %s with its foreign keys", table)
 
 
-def _baseline(database: peewee.Database) -> None:
+def _baseline(database: peewee.Database, _unit: str) -> None:
     """Version 1: adopt a legacy file (foreign keys everywhere, the baseline indexes)."""
     if backend_of(database) == "sqlite":
         for model in MODELS:
@@ -218,31 +232,58 @@ def _add_missing_columns(database: peewee.Database, version: int) -> None:
             database.execute(ctx)
 
 
-def _batch_owner_heartbeat(database: peewee.Database) -> None:
+def _batch_owner_heartbeat(database: peewee.Database, _unit: str) -> None:
     """Version 2: ``batches.owner`` (host:pid) and ``batches.heartbeat_at``."""
     _add_missing_columns(database, 2)
 
 
-def _event_history_indexes(database: peewee.Database) -> None:
+def _event_history_indexes(database: peewee.Database, _unit: str) -> None:
     """Version 3: indexes for paging and filtering the event history, for the
     foreign-key checks that deleting stories and commands makes, and for finding
     finished batches to prune."""
     create_missing_indexes(database, V3_INDEXES)
 
 
-def _event_filter_pair_indexes(database: peewee.Database) -> None:
+def _event_filter_pair_indexes(database: peewee.Database, _unit: str) -> None:
     """Version 4: indexes for a page of one batch's events that also filters by story,
     command or status (issue 10, item 12): in id order within the batch and the key,
     where the batch's own index made such a page test every event of the batch."""
     create_missing_indexes(database, V4_INDEXES)
 
 
-def _typed_events(database: peewee.Database) -> None:
+def _typed_events(database: peewee.Database, _unit: str) -> None:
     """Version 5: ``events.event_type`` (text, ``''`` by default) and
     ``events.payload_json`` (a JSON object as text), as the later module writes them;
     an index for ``event_type`` filters."""
     _add_missing_columns(database, 5)
     create_missing_indexes(database, V5_INDEXES)
+
+
+def record_time_unit(database: peewee.Database, unit: str) -> None:
+    """Record ``unit`` as the database's time unit."""
+    insert = compile_query(database, Setting.insert(
+        {Setting.name: Slot("name"), Setting.value: Slot("value")}), expect=("name", "value"))
+    database.execute_sql(insert.sql, ("time_unit", unit))
+
+
+def _time_unit(database: peewee.Database, unit: str) -> None:
+    """Version 6: ``sprint_runner_settings``, recording the unit of the database's
+    timestamps: the unit its rows are in (the later module wrote milliseconds), or
+    the requested one for a database without any."""
+    create_table(database, Setting)
+    query, columns = _readers(database)
+    found = _time_unit_of("the database", set(database.get_tables()), query, columns,
+                          database.quote)
+    if not query(f"SELECT 1 FROM {_SETTINGS_TABLE.join(database.quote)} "
+                 "WHERE name = 'time_unit'"):
+        record_time_unit(database, found or unit)
+
+
+def _readers(database: peewee.Database) -> tuple[Callable[[str], list[tuple[Any, ...]]],
+                                                 Callable[[str], set[str]]]:
+    """Return a query runner and a table's column names, on the store's connection."""
+    return (lambda sql: list(database.execute_sql(sql).fetchall()),
+            lambda table: {c.name for c in database.get_columns(table)})
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -251,6 +292,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "event_history_indexes", _event_history_indexes),
     Migration(4, "event_filter_pair_indexes", _event_filter_pair_indexes),
     Migration(5, "typed_events", _typed_events),
+    Migration(6, "time_unit", _time_unit),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -265,6 +307,7 @@ class SchemaState:
     version: int
     has_data: bool = False
     tables: frozenset[str] = frozenset()  # every table it holds, sprint-runner's or not
+    time_unit: str | None = None  # recorded, else read off its rows; None: no timestamps
 
 
 def _refuse_future(version: int, location: str) -> None:
@@ -329,7 +372,46 @@ def _classify(location: str, tables: set[str], query: Callable[[str], list[tuple
               quote: str = '""') -> SchemaState:
     """Tell a fresh, versioned or legacy database apart; refuse what cannot be used."""
     state = _kind_of(location, tables, query, columns, sqlite_fks, quote)
-    return replace(state, tables=frozenset(tables))
+    unit = None if state.kind == "fresh" else _time_unit_of(location, tables, query, columns,
+                                                             quote)
+    return replace(state, tables=frozenset(tables), time_unit=unit)
+
+
+def _time_unit_of(location: str, tables: set[str], query: Callable[[str], list[tuple[Any, ...]]],
+                  columns: Callable[[str], set[str]], quote: str) -> str | None:
+    """Return the unit the database records, else the one its timestamps are in (None
+    without any); refuse a database whose timestamps mix seconds and milliseconds."""
+    if _SETTINGS_TABLE in tables:
+        rows = query(f"SELECT value FROM {_SETTINGS_TABLE.join(quote)} "
+                     "WHERE name = 'time_unit'")
+        if rows and rows[0][0] in TIME_UNITS:
+            return str(rows[0][0])
+        if rows:
+            raise SchemaError(f"{location} records an unknown time unit {rows[0][0]!r}; "
+                              "expected 's' or 'ms'. Nothing was written.")
+    low = high = None
+    for model, names in TIMESTAMP_COLUMNS.items():
+        table = model._meta.table_name
+        if table not in tables:
+            continue
+        present = columns(table)
+        for name in names:
+            if name not in present:
+                continue
+            column, quoted = name.join(quote), table.join(quote)
+            lo, hi = query(f"SELECT MIN({column}), MAX({column}) FROM {quoted} "
+                           f"WHERE {column} > 0")[0]
+            if lo is not None:
+                low = lo if low is None else min(low, lo)
+                high = hi if high is None else max(high, hi)
+    if low is None or high is None:
+        return None
+    if low < MS_FROM <= high:
+        raise SchemaError(
+            f"{location} mixes timestamps in seconds and in milliseconds (from {low} to "
+            f"{high}); it cannot be adopted without guessing which is which. Nothing was "
+            "written.")
+    return "ms" if high >= MS_FROM else "s"
 
 
 def _kind_of(location: str, tables: set[str], query: Callable[[str], list[tuple[Any, ...]]],
@@ -405,10 +487,9 @@ def schema_problems(state: SchemaState) -> list[str]:
 def read_state(database: peewee.Database, location: str) -> SchemaState:
     """Read the schema state through the store's own connection (any backend)."""
     sqlite = backend_of(database) == "sqlite"
+    query, columns = _readers(database)
     return _classify(
-        location, set(database.get_tables()),
-        lambda sql: list(database.execute_sql(sql).fetchall()),
-        lambda table: {c.name for c in database.get_columns(table)},
+        location, set(database.get_tables()), query, columns,
         (lambda table: _sqlite_declared_foreign_keys(database, table)) if sqlite else None,
         database.quote)
 
@@ -430,11 +511,12 @@ def _stamp(database: peewee.Database, migrations: Sequence[Migration], now: int)
         database.execute_sql(insert.sql, (m.version, m.name, now))
 
 
-def migrate(executor: Executor, clock: Clock) -> list[int]:
+def migrate(executor: Executor, clock: Clock, time_unit: str = "s") -> list[int]:
     """Bring the database to the newest schema; return the versions applied here.
 
     The state is read only under the migration lock, so concurrent callers never
     apply a migration twice; a SQLite file holding data is backed up once, first.
+    A new database (or one without timestamps) records ``time_unit``.
     """
     database = executor.database
     executor.connect()  # through the executor, which retries a busy first connection
@@ -446,13 +528,14 @@ def migrate(executor: Executor, clock: Clock) -> list[int]:
             return applied
         if state.kind == "fresh":
             create_schema(database)
+            record_time_unit(database, time_unit)
             _stamp(database, todo, clock())
             logger.info("created %s at schema version %d", executor.location, LATEST_VERSION)
             return [m.version for m in todo]
         executor.before_migrating(state.version, state.has_data)
         for step in todo:
             with executor.migration_step():
-                step.apply(database)
+                step.apply(database, time_unit)
                 violations = executor.foreign_key_violations()
                 if violations:
                     raise SchemaError(f"migration {step.version} ({step.name}) left rows "

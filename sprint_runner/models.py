@@ -136,6 +136,16 @@ class BackgroundTask(BaseModel):
         table_name = "background_tasks"
 
 
+class Setting(BaseModel):
+    """What a database records about itself beyond its schema (its ``time_unit``)."""
+
+    name = _key(primary_key=True)
+    value = TextField()
+
+    class Meta:
+        table_name = "sprint_runner_settings"
+
+
 class SchemaMigration(BaseModel):
     version = IntegerField(primary_key=True)
     name = TextField(null=True)
@@ -146,7 +156,14 @@ class SchemaMigration(BaseModel):
 
 
 MODELS: tuple[type[BaseModel], ...] = (Batch, Story, Command, Event, BackgroundTask)
-"""The five data tables, parents before children (``schema_migrations`` stands apart)."""
+"""The five data tables, parents before children (``schema_migrations`` and
+``sprint_runner_settings`` stand apart)."""
+
+TIMESTAMP_COLUMNS: dict[type[BaseModel], tuple[str, ...]] = {
+    model: tuple(f.column_name for f in model._meta.sorted_fields
+                 if f.column_name == "timestamp" or f.column_name.endswith("_at"))
+    for model in MODELS}
+"""Each data table's timestamps: all in the database's one unit."""
 
 # (name, model, column names). The first eight names are the ones the old module's
 # users know; the rest serve the store's own queries. Migrations refer to them by name.

@@ -193,9 +193,13 @@ class Statements:
             expect=("batch_id", "cutoff"))
 
         # -- operations ----------------------------------------------------------------
+        story_count = (Story.select(peewee.fn.COUNT(Story.id)).where(Story.batch == Batch.id))
         self.recent_batches = c(
-            _select(Batch).where(Batch.id < Slot("before")).order_by(Batch.id.desc())
-            .limit(Slot("limit")), BATCH_COLUMNS, expect=("before", "limit"))
+            Batch.select(*fields_of(Batch), story_count.alias("story_count"))
+            .where(Batch.id < Slot("before")).order_by(Batch.id.desc())
+            .limit(Slot("limit")).offset(Slot("offset")),
+            BATCH_COLUMNS + ("story_count",), expect=("before", "limit", "offset"))
+        self.count_batches = c(Batch.select(peewee.fn.COUNT(Batch.id)))
         self.count_tables = [(m, c(m.select(peewee.fn.COUNT(peewee.SQL("*"))))) for m in MODELS]
 
     def _compile(self, query: Any, columns: tuple[str, ...] = (),

@@ -20,8 +20,9 @@ from typing import Any, overload
 import peewee
 
 from . import files, migrations
-from .clock import Clock, system_clock
+from .clock import PER_SECOND, Clock, check_time_unit, clock_for
 from .connect import DEFAULT_BUSY_TIMEOUT, DEFAULT_POOL_SIZE, open_database
+from .errors import SchemaError
 from .events import (
     CHUNK,
     EVENT_FIELDS,
@@ -72,6 +73,8 @@ __all__ = ["BATCH_COLUMNS", "COMMAND_COLUMNS", "EVENT_COLUMNS", "EVENT_FIELDS", 
 
 logger = logging.getLogger("sprint_runner")
 
+_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds"}
+
 _IMMUTABLE = {
     Batch: frozenset({"id"}),
     Story: frozenset({"id"}),
@@ -97,32 +100,59 @@ class Store:
 
     ``Store(target)`` takes a file path, a URL (``sqlite:///``, ``postgresql://``,
     ``mysql://``) or a peewee ``Database``, creates or upgrades its schema, and
-    offers every operation as a method returning plain dicts. ``clock`` supplies
-    whole Unix seconds for every timestamp (default: :func:`system_clock`, read at
-    call time). Safe to share between threads: SQLite gets one connection per
-    thread, server backends a bounded pool.
+    offers every operation as a method returning plain dicts. Every timestamp is a
+    whole number in the database's unit, ``time_unit``: Unix seconds (``"s"``) or
+    milliseconds (``"ms"``), recorded by the database. A new database takes
+    ``time_unit`` if given, else ``default_time_unit``; an existing one keeps its own,
+    and an explicit ``time_unit`` that disagrees raises :class:`SchemaError`. ``clock``
+    returns the current time in that unit (default: :func:`system_clock` or
+    :func:`system_clock_ms`, read at call time). Safe to share between threads:
+    SQLite gets one connection per thread, server backends a bounded pool.
     """
 
     database: peewee.Database
     clock: Clock
+    time_unit: str
 
     def __init__(self, database: str | os.PathLike[str] | peewee.Database,
                  clock: Clock | None = None, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
                  synchronous: str = "NORMAL", pool_size: int = DEFAULT_POOL_SIZE,
-                 lock_retries: int = DEFAULT_LOCK_RETRIES, migrate: bool = True) -> None:
+                 lock_retries: int = DEFAULT_LOCK_RETRIES, migrate: bool = True,
+                 time_unit: str | None = None, default_time_unit: str = "s") -> None:
         if clock is not None and not callable(clock):
-            raise TypeError(f"clock must be a callable returning Unix seconds, not {clock!r}")
+            raise TypeError(f"clock must be a callable returning the time, not {clock!r}")
+        requested = None if time_unit is None else check_time_unit("time_unit", time_unit)
+        self._new_time_unit = requested or check_time_unit("default_time_unit",
+                                                           default_time_unit)
         db = open_database(database, busy_timeout=busy_timeout, synchronous=synchronous,
                            pool_size=pool_size)
+        look = None
         if isinstance(db, peewee.SqliteDatabase):
             # Before the first connection applies any pragma: a refused file stays untouched.
-            migrations.inspect_sqlite_file(str(db.database), busy_timeout)
+            look = migrations.inspect_sqlite_file(str(db.database), busy_timeout)
         self.database = db
-        self.clock = clock if clock is not None else system_clock
         self._executor = executor_for(db, busy_timeout=busy_timeout, lock_retries=lock_retries)
         self._statements = Statements(db, self._executor.index_hint)
+        if look is None:
+            look = migrations.read_state(db, self.location)
+        self._use_time_unit(look.time_unit, requested, clock)
         # The migration versions this store applied when it opened (for messages).
         self.applied_migrations: list[int] = self.migrate() if migrate else []
+        if migrate:
+            # Another process may have created the database first, in its unit.
+            self._use_time_unit(migrations.read_state(db, self.location).time_unit,
+                                requested, clock)
+
+    def _use_time_unit(self, found: str | None, requested: str | None,
+                       clock: Clock | None) -> None:
+        if requested is not None and found is not None and found != requested:
+            raise SchemaError(
+                f"{self.location} records its timestamps in {_UNIT_NAMES[found]} ({found!r}), "
+                f"but time_unit={requested!r} ({_UNIT_NAMES[requested]}) was asked for; "
+                "nothing was written")
+        self.time_unit = found or self._new_time_unit
+        self._per_second = PER_SECOND[self.time_unit]
+        self.clock = clock if clock is not None else clock_for(self.time_unit)
 
     @property
     def location(self) -> str:
@@ -148,7 +178,7 @@ class Store:
 
     def migrate(self) -> list[int]:
         """Apply pending schema migrations; return the versions applied (may be empty)."""
-        return migrations.migrate(self._executor, self._now)
+        return migrations.migrate(self._executor, self._now, self._new_time_unit)
 
     def schema_version(self) -> int:
         """Return the database's schema version (0 for an unversioned legacy file)."""
@@ -223,10 +253,17 @@ class Store:
         return self._executor.rowcount(self._statements.update(Batch, ("heartbeat_at",)),
                                        (self._now(), batch_id))
 
-    def list_batches(self, limit: int = 20) -> list[Row]:
-        """Return the most recent batches, newest first."""
+    def list_batches(self, limit: int = 20, offset: int = 0) -> list[Row]:
+        """Return the most recent batches, newest first, each with its ``story_count``."""
         check_int("limit", limit, minimum=1)
-        return self._executor.all(self._statements.recent_batches, (INT64_MAX, limit))
+        check_int("offset", offset, minimum=0)
+        if limit > MAX_PAGE:
+            raise ValueError(f"limit must be <= {MAX_PAGE}, got {limit}")
+        return self._executor.all(self._statements.recent_batches, (INT64_MAX, limit, offset))
+
+    def count_batches(self) -> int:
+        """Return how many batches the database holds."""
+        return self._executor.scalar(self._statements.count_batches)
 
     @staticmethod
     def last_seen(batch: Mapping[str, Any]) -> int:
@@ -248,7 +285,9 @@ class Store:
             running = batch["status"] == "running"
             return {
                 "batch": batch,
-                "heartbeat_age": self._now() - _last_seen(batch) if running else None,
+                # Seconds whatever the unit: an age for people, not a stored value.
+                "heartbeat_age": (self._now() - _last_seen(batch)) // self._per_second
+                if running else None,
                 "stories_by_status": by_status,
                 "running_commands": self.get_commands_by_batch(batch_id, "running"),
                 "pending_background_tasks": self.get_pending_background_tasks(batch_id),
@@ -520,7 +559,8 @@ class Store:
     def find_stale_batches(self, stale_after: int) -> list[Row]:
         """Return the running batches ``recover_stale_batches`` would stop now."""
         check_int("stale_after", stale_after, minimum=0)
-        return self._executor.all(self._statements.stale_batches, (self._now() - stale_after,))
+        return self._executor.all(self._statements.stale_batches,
+                                  (self._now() - stale_after * self._per_second,))
 
     def recover_stale_batches(self, stale_after: int) -> list[int]:
         """Stop every running batch whose heartbeat (or start) is older than
@@ -538,14 +578,15 @@ class Store:
         recovered = []
         with executor.transaction():
             now = self._now()
-            for batch in executor.all(statements.stale_batches, (now - stale_after,)):
+            cutoff = now - stale_after * self._per_second
+            for batch in executor.all(statements.stale_batches, (cutoff,)):
                 if not executor.rowcount(statements.stop_batch, (now, batch["id"])):
                     continue
                 executor.rowcount(statements.fail_commands, (now, batch["id"]))
                 executor.rowcount(statements.fail_tasks, (now, batch["id"]))
                 message = (f"batch {batch['id']} recovered as stale: owner "
                            f"{batch['owner'] or 'unknown'}, last heartbeat "
-                           f"{now - _last_seen(batch)}s ago "
+                           f"{(now - _last_seen(batch)) // self._per_second}s ago "
                            f"(stale after {stale_after}s)")
                 executor.insert(statements.insert_event, (
                     batch["id"], None, None, now, "system", "recovery", "recover-stale-batches",
@@ -724,7 +765,7 @@ class Store:
         logger.info("backed up %s to %s", self.location, target)
 
     def _copy_to_sqlite(self, path: str) -> None:
-        copy = Store(path, self.clock, synchronous="OFF")
+        copy = Store(path, self.clock, synchronous="OFF", time_unit=self.time_unit)
         try:
             with self._executor.snapshot(), copy._executor.transaction():
                 for model in MODELS:

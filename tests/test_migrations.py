@@ -29,7 +29,8 @@ from sprint_runner import IntegrityError, SchemaError, Store, db, migrations
 
 LATEST = migrations.LATEST_VERSION
 NAMES = {1: "baseline", 2: "batch_owner_heartbeat", 3: "event_history_indexes",
-         4: "event_filter_pair_indexes", 5: "typed_events"}
+         4: "event_filter_pair_indexes", 5: "typed_events",
+         6: "time_unit"}
 ADDED_BY_V2 = ("owner", "heartbeat_at")
 PROCESSES = 8
 
@@ -166,7 +167,7 @@ def _schema_rows(store: Store) -> list[tuple[int, str, int]]:
 
 def test_fresh_database_stamped_at_newest_version(make_store: Any, clock: Any) -> None:
     store = make_store()
-    assert store.schema_version() == LATEST == 5
+    assert store.schema_version() == LATEST == 6
     assert store.pending_migrations() == []
     assert _schema_rows(store) == [(v, NAMES[v], clock.now) for v in NAMES]
     assert [m.version for m in migrations.MIGRATIONS] == list(NAMES)
@@ -258,12 +259,12 @@ def test_older_version_upgraded_on_every_backend(found: int, make_store: Any, cl
 
 UPGRADES = {
     # name: (builder, version found, migrations applied)
-    "legacy": (legacy_schema.legacy, 0, [1, 2, 3, 4, 5]),
+    "legacy": (legacy_schema.legacy, 0, [1, 2, 3, 4, 5, 6]),
     "legacy-without-indexes": (lambda p: legacy_schema.legacy(p, indexes=False), 0,
-                               [1, 2, 3, 4, 5]),
-    "v1": (legacy_schema.version1, 1, [2, 3, 4, 5]),
-    "v2": (legacy_schema.version2, 2, [3, 4, 5]),
-    "v3": (legacy_schema.version3, 3, [4, 5]),
+                               [1, 2, 3, 4, 5, 6]),
+    "v1": (legacy_schema.version1, 1, [2, 3, 4, 5, 6]),
+    "v2": (legacy_schema.version2, 2, [3, 4, 5, 6]),
+    "v3": (legacy_schema.version3, 3, [4, 5, 6]),
 }
 
 
@@ -373,7 +374,7 @@ def test_version3_file_gets_the_filter_pair_indexes(tmp_path: Path, make_store: 
     assert not set(migrations.V4_INDEXES) & migrations.existing_indexes(
         make_store(path, migrate=False).database, "events")
     store = make_store(path)
-    assert store.applied_migrations == [4, 5]
+    assert store.applied_migrations == [4, 5, 6]
     assert set(migrations.V4_INDEXES) <= migrations.existing_indexes(store.database, "events")
     sql = store._statements.event_page(("batch_id", "status"), True).sql
     plan = store.database.execute_sql("EXPLAIN QUERY PLAN " + sql, (1, "s", 10, 5)).fetchall()
@@ -397,7 +398,7 @@ def test_each_migration_is_one_transaction(tmp_path: Path, make_store: Any,
     legacy_schema.version2(str(path))
     schema = schema_of(path)
 
-    def half_done(database: peewee.Database) -> None:
+    def half_done(database: peewee.Database, unit: str) -> None:
         migrations.create_missing_indexes(database, migrations.V3_INDEXES[:2])
         raise RuntimeError("migration 3 failed half way")
 
@@ -410,7 +411,7 @@ def test_each_migration_is_one_transaction(tmp_path: Path, make_store: Any,
     store.close()
     assert schema_of(path) == schema
     monkeypatch.undo()
-    assert make_store(path, migrate=False).migrate() == [3, 4, 5]
+    assert make_store(path, migrate=False).migrate() == [3, 4, 5, 6]
 
 
 @pytest.mark.sqlite_only
@@ -420,7 +421,7 @@ def test_migrations_applied_in_order_and_logged(legacy_file: Path, make_store: A
     make_store(legacy_file)
     applied = [r.getMessage() for r in caplog.records
                if r.name == "sprint_runner" and "applied migration" in r.getMessage()]
-    assert [m.split()[2] for m in applied] == ["1", "2", "3", "4", "5"]
+    assert [m.split()[2] for m in applied] == ["1", "2", "3", "4", "5", "6"]
 
 
 # -- SQLite files: backups ----------------------------------------------------------------

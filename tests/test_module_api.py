@@ -13,7 +13,7 @@ from conftest import subprocess_env
 from sprint_runner import Store, db
 
 CONTRACT = {
-    "init_db": ["path", "clock"],
+    "init_db": ["path", "clock", "time_unit"],
     "get_connection": [],
     "transaction": [],
     "create_batch": ["max_cycles"],
