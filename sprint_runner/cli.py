@@ -24,6 +24,7 @@ from typing import IO, Any, NamedTuple, NoReturn
 import peewee
 
 from . import __version__, db, demo, files, migrations, untrusted
+from .clock import PER_SECOND as _PER_SECOND
 from .clock import system_clock
 from .connect import backend_of, describe, mask_secrets, mask_url, open_database
 from .migrations import SchemaState
@@ -42,6 +43,10 @@ _MIN_INTERVAL = 0.1
 _LATEST_MOMENT = 253402300799
 """9999-12-31 23:59:59 UTC: the last second ``datetime`` can show."""
 _PROGRESS_EVERY = 5000
+
+_UNIT_WORDS = {"s": "seconds", "ms": "milliseconds"}
+_TIMESTAMP_KEYS = frozenset({"timestamp", "started_at", "ended_at", "heartbeat_at",
+                             "spawned_at", "completed_at"})
 
 _sleep: Callable[[float], None] = time.sleep
 """How ``tail`` waits between polls (tests replace it)."""
@@ -262,7 +267,8 @@ def opened(args: argparse.Namespace, *, create: bool = False, migrate: bool = Fa
     check = current and not migrate
     if check and look is not None:
         _refuse_outdated(describe(database), look)
-    store = Store(database, migrate=migrate)
+    store = Store(database, migrate=migrate, time_unit=getattr(args, "time_unit", None),
+                  default_time_unit=db.TIME_UNIT)
     try:
         if check and look is None:
             _refuse_outdated(store.location, migrations.read_state(store.database,
@@ -372,6 +378,8 @@ _FILTERS = (
     _option("--command", metavar="C", dest="command_name",
             help="only events of this command (dev-story, ...)"),
     _option("--status", metavar="S", help="only events with this status"),
+    _option("--event-type", metavar="TYPE",
+            help="only events of this type (command:start, batch:end, ...)"),
     _option("--since", metavar="T", type=parse_moment, help="only events at or after this time"),
     _option("--until", metavar="T", type=parse_moment, help="only events before this time"),
 )
@@ -389,7 +397,10 @@ def _stale_after(what: str) -> _Option:
 
 # -- commands ------------------------------------------------------------------------------
 
-@_command("init", "create the database or bring its schema up to date")
+@_command("init", "create the database or bring its schema up to date",
+          _option("--time-unit", choices=("s", "ms"),
+                  help="the unit of a new database's timestamps: s (seconds) or ms "
+                       "(milliseconds); default $SPRINT_RUNNER_TIME_UNIT, else s"))
 def _cmd_init(args: argparse.Namespace) -> int:
     return _migrate(args, create=True, dry_run=False)
 
@@ -405,9 +416,10 @@ def _migrate(args: argparse.Namespace, *, create: bool, dry_run: bool) -> int:
         if args.json:
             _print_json({"location": store.location, "backend": store.backend,
                          "schema_version": after, "previous_version": before,
-                         "applied": applied})
+                         "applied": applied, "time_unit": store.time_unit})
         elif applied and fresh:
-            _say(f"created {store.location} at schema version {after}")
+            _say(f"created {store.location} at schema version {after} "
+                 f"(timestamps in {_UNIT_WORDS[store.time_unit]})")
         elif applied:
             _say(f"migrated {store.location} from schema version {before} to {after} "
                   f"(applied {', '.join(str(v) for v in applied)})")
@@ -493,13 +505,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
             batch = latest[0] if latest else None
         summary = None if batch is None else store.batch_summary(batch["id"], events=args.events)
         if args.json:
-            _print_json(summary)
+            _print_json(None if summary is None else {**summary, "time_unit": store.time_unit})
         elif summary is None:
             _say(f"no batches yet in {store.location}")
         else:
             if summary["batch"]["status"] != "running":
                 _say(f"No batch is running; the last one in {store.location}:")
-            _say(*_status_lines(store, summary, now))
+            _say(*_status_lines(store, _in_seconds(store, summary), now))
     return 0
 
 
@@ -510,6 +522,7 @@ def _cmd_batches(args: argparse.Namespace) -> int:
     now = system_clock()
     with opened(args) as store:
         batches = store.list_batches(limit=args.limit)
+        shown = _in_seconds(store, batches)
     if args.json:
         _print_json(batches)
     elif not batches:
@@ -519,7 +532,7 @@ def _cmd_batches(args: argparse.Namespace) -> int:
                  local_time(b["started_at"]),
                  _took(b["started_at"], b["ended_at"], now).replace("took ", ""),
                  _ago(b["heartbeat_at"], now) if b["status"] == "running" else "-",
-                 b["owner"] or "-") for b in batches]
+                 b["owner"] or "-") for b in shown]
         _say(*_table(("ID", "STATUS", "CYCLES", "STARTED", "DURATION", "HEARTBEAT", "OWNER"),
                      rows))
     return 0
@@ -536,6 +549,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         stories = store.get_stories_by_batch(args.batch_id)
         commands = store.get_commands_by_batch(args.batch_id)
         tasks = store.get_background_tasks_by_batch(args.batch_id)
+        if not args.json:
+            batch, stories, commands, tasks = _in_seconds(store, [batch, stories, commands,
+                                                                  tasks])
     by_story: dict[int, list[Row]] = {}
     for c in commands:
         by_story.setdefault(c["story_id"], []).append(c)
@@ -577,11 +593,27 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _event_filters(args: argparse.Namespace, now: int) -> dict[str, Any]:
+def _event_filters(args: argparse.Namespace, now: int, store: Store) -> dict[str, Any]:
+    """The event filters given, times in the store's unit (``now`` in seconds)."""
+    scale = _PER_SECOND[store.time_unit]
     return {"batch_id": args.batch, "story_key": args.story, "command": args.command_name,
-            "status": args.status,
-            "since": None if args.since is None else args.since.resolve(now),
-            "until": None if args.until is None else args.until.resolve(now)}
+            "status": args.status, "event_type": args.event_type,
+            "since": None if args.since is None else args.since.resolve(now) * scale,
+            "until": None if args.until is None else args.until.resolve(now) * scale}
+
+
+def _in_seconds(store: Store, value: Any) -> Any:
+    """Return rows (dicts, lists of them, nested) with every timestamp in seconds, for
+    people; ``--json`` shows the stored integers instead."""
+    scale = _PER_SECOND[store.time_unit]
+    if scale == 1:
+        return value
+    if isinstance(value, dict):
+        return {k: (v // scale if isinstance(v, int) and k in _TIMESTAMP_KEYS
+                    else _in_seconds(store, v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_in_seconds(store, v) for v in value]
+    return value
 
 
 @_command("events", "list events, newest first, a page at a time", *_FILTERS,
@@ -593,11 +625,11 @@ def _cmd_events(args: argparse.Namespace) -> int:
     now = system_clock()
     with opened(args) as store:
         page = store.page_events(limit=args.limit, cursor=args.cursor,
-                                 **_event_filters(args, now))
+                                 **_event_filters(args, now, store))
+        events = _in_seconds(store, page["events"])
     if args.json:
         _print_json(page)
         return 0
-    events = page["events"]
     if not events:
         _say("no events match")
         return 0
@@ -620,7 +652,8 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         with opened(args) as store:
 
             def emit(event: Row) -> None:
-                line = json_text(event) if args.json else _event_line(event, None)
+                line = (json_text(event) if args.json
+                        else _event_line(_in_seconds(store, event), None))
                 print(line, flush=True)
 
             recent = store.page_events(limit=max(args.lines, 1), batch_id=args.batch)["events"]
@@ -685,7 +718,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         _check_destination(args, args.output, what="output file")
 
     with opened(args) as store:
-        filters = _event_filters(args, now)
+        filters = _event_filters(args, now, store)
         total = store.count_events(**filters) if show_progress else 0
 
         def progress(n: int) -> None:
@@ -730,10 +763,11 @@ _ONE_ROW = {"stories": "story", "commands": "command", "background_tasks": "back
 def _cmd_prune(args: argparse.Namespace) -> int:
     cutoff = args.older_than.resolve(system_clock())
     with opened(args) as store:
-        counts = store.prune(older_than=cutoff, events_only=args.events_only,
+        stored_cutoff = cutoff * _PER_SECOND[store.time_unit]
+        counts = store.prune(older_than=stored_cutoff, events_only=args.events_only,
                              dry_run=args.dry_run)
     if args.json:
-        _print_json({"older_than": cutoff, "dry_run": args.dry_run,
+        _print_json({"older_than": stored_cutoff, "dry_run": args.dry_run,
                      "events_only": args.events_only, "deleted": counts})
         return 0
     verb = "would delete" if args.dry_run else "deleted"
@@ -778,7 +812,8 @@ def _cmd_backup(args: argparse.Namespace) -> int:
 def _cmd_recover(args: argparse.Namespace) -> int:
     now = system_clock()
     with opened(args) as store:
-        stale = {b["id"]: b for b in store.find_stale_batches(args.stale_after)}
+        stale = {b["id"]: b for b in _in_seconds(store, store.find_stale_batches(
+            args.stale_after))}
         stopped = list(stale) if args.dry_run else store.recover_stale_batches(args.stale_after)
     if args.json:
         _print_json({"stale_after": args.stale_after, "dry_run": args.dry_run,
@@ -822,7 +857,8 @@ def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "location": describe(database), "backend": backend_of(database),
         "schema_version": None, "pending_migrations": None, "integrity": None,
-        "storage": {}, "tables": None, "stale_batches": None}
+        "storage": {}, "tables": None, "stale_batches": None, "time_unit": None}
+    per_second = 1
     try:
         look = _first_look(database)
         if look is not None and migrations.pending_migrations(look):
@@ -830,6 +866,8 @@ def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
             path = str(database.database)
             report["storage"] = sqlite_storage_info(path)
             report["schema_version"] = look.version
+            report["time_unit"] = look.time_unit
+            per_second = _PER_SECOND[look.time_unit or "s"]
             pending = [(m.version, m.name) for m in migrations.pending_migrations(look)]
             report["integrity"] = (migrations.check_sqlite_file(path)
                                    + migrations.schema_problems(look))
@@ -837,6 +875,8 @@ def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
             with opened(args, current=False) as store:
                 report["storage"] = store.storage_info()
                 report["schema_version"] = store.schema_version()
+                report["time_unit"] = store.time_unit
+                per_second = _PER_SECOND[store.time_unit]
                 pending = store.pending_migrations()
                 report["integrity"] = store.integrity_check()  # names pending migrations too
                 if not pending:
@@ -854,7 +894,7 @@ def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
     for b in report["stale_batches"] or ():
         owner = f" (owner {b['owner']})" if b["owner"] else ""
         problems.append(f"batch {b['id']} is running but silent for "
-                        f"{span(now - Store.last_seen(b))}{owner}")
+                        f"{span(now - Store.last_seen(b) // per_second)}{owner}")
     if report["stale_batches"]:
         advice.append(f"{PROG} recover --stale-after {span(args.stale_after).replace(' ', '')}"
                       "   (once you know the batches' processes are gone)")
@@ -873,6 +913,8 @@ def _doctor_lines(report: dict[str, Any], stale_after: int) -> list[str]:
     if "file_bytes" in storage:
         lines.append(f"size        {_bytes(storage['file_bytes'])}, "
                      f"WAL {_bytes(storage['wal_bytes'])}")
+    if report["time_unit"] is not None:
+        lines.append(f"time unit   {_UNIT_WORDS[report['time_unit']]}")
     if report["integrity"] is not None:
         lines.append(f"integrity   {'ok' if not report['integrity'] else 'PROBLEMS'}")
     if report["tables"] is not None:
@@ -920,7 +962,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 or any(b["owner"] != demo.OWNER for b in store.list_batches(_DEMO_REPEATS))):
             raise _holds_data(store.location)
         store.migrate()
-        batch = demo.simulate_sprint(store, end=now)  # a sprint that ends now
+        # A sprint that ends now.
+        batch = demo.simulate_sprint(store, end=now * _PER_SECOND[store.time_unit])
         events = store.count_events(batch_id=batch)
         summary = store.batch_summary(batch)
         stories = len(store.get_stories_by_batch(batch))
@@ -936,7 +979,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"{_plural(len(commands), 'command')} ({failed} failed), "
               f"{_plural(tasks, 'background task')}, {_plural(events, 'event')}.")
         _say("")
-        _say(*_status_lines(store, summary, now))
+        _say(*_status_lines(store, _in_seconds(store, summary), now))
     db_option = f" --db {shlex.quote(mask_url(args.db))}" if args.db is not None else ""
     _say("")
     _say("Look closer:")

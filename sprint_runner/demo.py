@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .clock import PER_SECOND
 from .store import Store
 
 OWNER = "sprint-runner-db demo"
@@ -43,17 +44,19 @@ def simulate_sprint(store: Store, *, end: int | None = None) -> int:
     last three failed commands, one background task, and an event for every start and
     end; the batch is completed, owned by :data:`OWNER`. Its rows are written in one
     transaction through a second :class:`Store` on ``store.database`` whose clock is
-    simulated: it starts :data:`MINUTES` minutes before ``end`` (epoch seconds; default
+    simulated: it starts :data:`MINUTES` minutes before ``end`` (in the store's unit; default
     ``store.clock()``), moves on by each command's minutes and stops at ``end``. So the
     same ``end`` gives the same sprint, to the second; ``store``'s own clock is neither
     moved nor called after that. The database's schema must be up to date.
     """
     finish = store.clock() if end is None else end
-    simulated = [finish - 60 * MINUTES]
-    sprint = Store(store.database, clock=lambda: simulated[0], migrate=False)
+    minute = 60 * PER_SECOND[store.time_unit]
+    simulated = [finish - minute * MINUTES]
+    sprint = Store(store.database, clock=lambda: simulated[0], migrate=False,
+                   time_unit=store.time_unit)
 
     def minutes(n: int) -> None:
-        simulated[0] += 60 * n
+        simulated[0] += minute * n
 
     with sprint.transaction():
         return _run(sprint, minutes)

@@ -418,12 +418,13 @@ def test_init(capsys: pytest.CaptureFixture[str], db_target: str) -> None:
     store = Store(db_target, migrate=False)
     version = store.schema_version()
     assert (code, err) == (0, "")
-    assert out == f"created {store.location} at schema version {version}\n"
+    assert out == f"created {store.location} at schema version {version} " \
+        "(timestamps in seconds)\n"
     code, out, _ = run(capsys, "--db", db_target, "init")
     assert out == f"{store.location} is at schema version {version}: up to date\n"
     assert run_json(capsys, db_target, "init") == {
         "location": store.location, "backend": store.backend, "schema_version": version,
-        "previous_version": version, "applied": []}
+        "previous_version": version, "applied": [], "time_unit": "s"}
     store.close()
 
 
@@ -469,7 +470,8 @@ def test_status_running_batch(capsys: pytest.CaptureFixture[str], db_target: str
 
 def test_status_json(capsys: pytest.CaptureFixture[str], db_target: str, store: Store,
                      sprint: dict[str, int], frozen: Any) -> None:
-    assert run_json(capsys, db_target, "status") == store.batch_summary(sprint["batch"])
+    assert run_json(capsys, db_target, "status") == {
+        **store.batch_summary(sprint["batch"]), "time_unit": "s"}
     summary = run_json(capsys, db_target, "status", "--events", "2")
     assert [e["message"] for e in summary["last_events"]] == ["step 4", "step 3"]
     assert summary["heartbeat_age"] == 40
