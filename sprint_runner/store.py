@@ -55,6 +55,7 @@ from .queries import (
 )
 from .sqlite_executor import sqlite_storage_info
 from .statements import columns_of
+from .tail import DEFAULT_GAP_TIMEOUT, Tail, check_gap_timeout
 from .validation import (
     INT64_MAX,
     INT64_MIN,
@@ -97,7 +98,8 @@ class Store:
     ``mysql://``) or a peewee ``Database``, creates or upgrades its schema, and
     offers every operation as a method returning plain dicts. ``clock`` supplies
     whole Unix seconds for every timestamp (default: :func:`system_clock`, read at
-    call time). Safe to share between threads: SQLite gets one connection per
+    call time). ``gap_timeout`` bounds, in seconds, how long ``tail_events`` waits at
+    an id that may never commit (see there). Safe to share between threads: SQLite gets one connection per
     thread, server backends a bounded pool.
     """
 
@@ -107,7 +109,9 @@ class Store:
     def __init__(self, database: str | os.PathLike[str] | peewee.Database,
                  clock: Clock | None = None, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
                  synchronous: str = "NORMAL", pool_size: int = DEFAULT_POOL_SIZE,
-                 lock_retries: int = DEFAULT_LOCK_RETRIES, migrate: bool = True) -> None:
+                 lock_retries: int = DEFAULT_LOCK_RETRIES, migrate: bool = True,
+                 gap_timeout: float = DEFAULT_GAP_TIMEOUT) -> None:
+        gap_timeout = check_gap_timeout(gap_timeout)
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a callable returning Unix seconds, not {clock!r}")
         db = open_database(database, busy_timeout=busy_timeout, synchronous=synchronous,
@@ -119,6 +123,7 @@ class Store:
         self.clock = clock if clock is not None else system_clock
         self._executor = executor_for(db, busy_timeout=busy_timeout, lock_retries=lock_retries)
         self._statements = Statements(db, self._executor.index_hint)
+        self._tail = Tail(self._executor, self._statements, gap_timeout)
         # The migration versions this store applied when it opened (for messages).
         self.applied_migrations: list[int] = self.migrate() if migrate else []
 
@@ -409,13 +414,25 @@ class Store:
 
     def tail_events(self, after_id: int = 0, *, batch_id: int | None = None,
                     limit: int = 1000) -> list[Row]:
-        """Return events with id greater than ``after_id``, oldest first (for polling)."""
+        """Return events with id greater than ``after_id``, oldest first (for polling).
+
+        Fed the last id it returned, repeated calls return every committed event exactly
+        once, in id order, even when writers commit out of id order (servers hand out
+        ids before commit): the tail stops below an id that is missing while the
+        transaction that may still commit it is open, or, for an id that never commits
+        (a rolled-back insert), for at most the store's ``gap_timeout`` seconds from
+        when the gap was first seen.
+        """
         check_int("after_id", after_id)
         check_int("limit", limit, minimum=1)
         if limit > MAX_PAGE:
             raise ValueError(f"limit must be <= {MAX_PAGE}, got {limit}")
         filters = event_filters(batch_id, None, None, None, None, None)
-        return self._event_chunk(filters, False, after_id, limit)
+
+        def read() -> list[Row]:
+            return self._event_chunk(filters, False, after_id, limit)
+
+        return self._tail.settle(read(), after_id, read)
 
     def count_events(self, *, batch_id: int | None = None, story_key: str | None = None,
                      command: str | None = None, status: str | None = None,
