@@ -70,8 +70,8 @@ def polls(store: Store, runs: int) -> list[tuple[str, float, float]]:
                           "story_key": "k", "command": "dev-story", "task_id": "t",
                           "status": "progress", "message": f"i{i}", "timestamp": 0}
                          for i in range(2000)])
-    store.database.execute_sql("ANALYZE events" if store.backend == "postgresql"
-                               else "ANALYZE TABLE events")  # fresh statistics, stable plans
+    store.database.execute_sql("ANALYZE TABLE events" if store.backend == "mysql"
+                               else "ANALYZE events")  # fresh statistics, stable plans
     last = store.page_events(limit=1)["events"][0]["id"]
     cases: list[tuple[str, int, int | None, int]] = [
         ("idle poll (nothing new)", last, None, 1000),
