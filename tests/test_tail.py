@@ -48,7 +48,10 @@ def _drain(store: Store, after: int, seen: list[int], batch_id: int | None = Non
 def test_tail_sees_every_event_once_with_concurrent_writers(make_store: Any) -> None:
     """Writer threads commit out of id order (some sleep inside their transaction,
     some roll back); the union of the tails is the table, in id order, once each."""
-    store = make_store(gap_timeout=0.5, pool_size=16)
+    # Long enough that a writer slowed down by a loaded machine is waited for, not timed
+    # out (a timed-out gap is skipped by design); rolled-back ids cost at most this.
+    timeout = 3.0
+    store = make_store(gap_timeout=timeout, pool_size=16)
     batches = [store.create_batch(1), store.create_batch(1)]
     stop = threading.Event()
     failures: list[BaseException] = []
@@ -83,7 +86,7 @@ def test_tail_sees_every_event_once_with_concurrent_writers(make_store: Any) -> 
                 after = _drain(store, after, seen)
                 after_b0 = _drain(store, after_b0, seen_b0, batches[0])
                 time.sleep(0.01)
-            deadline = time.monotonic() + 0.5 + 2.0  # gap_timeout, then a margin
+            deadline = time.monotonic() + timeout + 2.0  # gap_timeout, then a margin
             while time.monotonic() < deadline:
                 after = _drain(store, after, seen)
                 after_b0 = _drain(store, after_b0, seen_b0, batches[0])
