@@ -118,6 +118,10 @@ class Executor:
 
     backend: ClassVar[str]
     """``"sqlite"``, ``"postgresql"`` or ``"mysql"``."""
+    ids_commit_in_order: ClassVar[bool] = True
+    """Whether every id below a visible row has committed or never will (one writer at a
+    time, as on SQLite). When False, an id handed out before commit can still appear below
+    a visible one, and the tail asks :meth:`open_writers` and :meth:`gap_settled`."""
 
     def __init__(self, database: peewee.Database, *, busy_timeout: float = 30.0,
                  lock_retries: int = DEFAULT_LOCK_RETRIES) -> None:
@@ -217,6 +221,24 @@ class Executor:
     def index_hint(self, index: str) -> str:
         """Return the SQL that, after a table in FROM, makes the planner use ``index``."""
         return ""
+
+    # -- the tail's gaps (see sprint_runner.tail) ---------------------------------------
+
+    def open_writers(self) -> frozenset[Any] | None:
+        """Return the other transactions now open that could still commit an event (None
+        if the backend cannot tell: every gap is then held for ``gap_timeout``)."""
+        return frozenset()
+
+    def gap_settled(self, probe: Statement, first: int, last: int,
+                    writers_then: frozenset[Any] | None,
+                    writers_now: frozenset[Any] | None) -> bool:
+        """Return whether ids ``first``..``last``, missing below a visible row, can no
+        longer commit. ``writers_then`` were open when the gap was first seen, after the
+        read that saw it; ``writers_now`` are open now (both from :meth:`open_writers`);
+        ``probe`` selects the gap's ids. Rows that committed before this call are read
+        again by the caller, so "settled" only needs every writer that was in flight at
+        the first sight to have ended."""
+        return True
 
     def prefers_executemany(self, rows: int) -> bool:
         """Whether ``rows`` rows go faster through executemany than one multi-row INSERT."""

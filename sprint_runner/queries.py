@@ -105,6 +105,25 @@ class Statements:
         self.events_by_batch = c(
             _select(Event).where(Event.batch == Slot("batch_id"))
             .order_by(Event.timestamp, Event.id), EVENT_COLUMNS)
+        # The tail's gaps: the ranges of ids in (after, top] that no visible row holds,
+        # lowest first, read on the primary key alone and unfiltered (another batch's
+        # event is not a gap). A row whose predecessor is missing ends a gap; the gap
+        # starts after the highest row below it (or after ``after``).
+        edge, below, before = Event.alias("edge"), Event.alias("below"), Event.alias("before")
+        previous = (below.select(peewee.fn.MAX(below.id))
+                    .where((below.id > Slot("after")) & (below.id < edge.id)))
+        self.tail_gaps = c(
+            edge.select((peewee.fn.COALESCE(previous, Slot("after")) + Fixed(1)).alias("first"),
+                        (edge.id - Fixed(1)).alias("last"))
+            .where((edge.id > Slot("after") + Fixed(1)) & (edge.id <= Slot("top"))
+                   & ~peewee.fn.EXISTS(before.select(peewee.SQL("1"))
+                                       .where(before.id == edge.id - Fixed(1))))
+            .order_by(edge.id).limit(Slot("limit")), ("first", "last"),
+            expect=("after", "after", "after", "top", "limit"))
+        # The rows of one gap now committed (a server's executor makes it a locking read).
+        self.tail_gap_rows = c(
+            Event.select(Event.id).where((Event.id >= Slot("first")) & (Event.id <= Slot("last")))
+            .order_by(Event.id), expect=("first", "last"))
 
         # -- background tasks ----------------------------------------------------------
         self.insert_task = self._insert(BackgroundTask.insert({

@@ -39,6 +39,7 @@ from .executor import (
     run_many,
     translate,
 )
+from .statements import Statement
 
 logger = logging.getLogger("sprint_runner")
 
@@ -86,6 +87,8 @@ def server_code(exc: BaseException) -> object:
 class ServerExecutor(Executor):
     """What PostgreSQL and MySQL share: a pool, connection health, server transactions."""
 
+    ids_commit_in_order = False  # ids are handed out before commit
+
     lost_codes: frozenset[object] = frozenset()
     """Error codes after which the server has closed the connection."""
     refused_codes: frozenset[object] = frozenset()
@@ -100,6 +103,30 @@ class ServerExecutor(Executor):
     def socket_of(self, conn: Any) -> int | None:
         """Return the connection's socket, or None if the driver knows it closed."""
         raise NotImplementedError
+
+    # -- the tail's gaps -------------------------------------------------------------
+
+    def open_writers(self) -> frozenset[Any] | None:
+        """A server that cannot tell which transactions are open: None (gaps time out)."""
+        return None
+
+    def gap_settled(self, probe: Statement, first: int, last: int,
+                    writers_then: frozenset[Any] | None,
+                    writers_now: frozenset[Any] | None) -> bool:
+        """A server that cannot tell: never (gaps time out)."""
+        return False
+
+    def _writers(self, sql: str) -> frozenset[Any] | None:
+        """Run ``sql`` (one column naming open transactions); None if it fails (a missing
+        privilege, say), so that gaps are held for gap_timeout."""
+        try:
+            return frozenset(row[0] for row in self.fetchall(sql))
+        except ConnectionLost:
+            raise
+        except peewee.DatabaseError as exc:
+            logger.warning("cannot list the open transactions on %s (%s); the tail holds "
+                           "each gap for gap_timeout", self.location, first_line(exc))
+            return None
 
     def dict_cursor(self, conn: Any) -> Any:
         """Return a cursor of ``conn`` whose rows are addressable by column name."""
@@ -555,6 +582,16 @@ def _watch_savepoints(database: peewee.Database) -> None:
     database.query_hooks.append(forget_statement_savepoint)
 
 
+# The other transactions open on this database: every transaction holds the lock on
+# its own virtual transaction id (virtualxid = virtualtransaction) while it runs.
+_PG_OPEN_WRITERS = """SELECT l.virtualtransaction FROM pg_locks l
+JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'virtualxid' AND l.virtualxid = l.virtualtransaction AND l.granted
+AND l.pid <> pg_backend_pid() AND a.datname = current_database()
+UNION ALL SELECT 'prepared:' || gid FROM pg_prepared_xacts
+WHERE database = current_database()"""
+
+
 class PostgresExecutor(ServerExecutor):
     """PostgreSQL: an advisory write lock; a savepoint under each statement of a transaction.
 
@@ -585,6 +622,33 @@ class PostgresExecutor(ServerExecutor):
 
     def _lock_after_begin(self, conn: Any, name: str) -> None:
         run(conn, "SELECT pg_advisory_xact_lock(%s)", (self.lock_key(name),), ROWS)
+
+    def open_writers(self) -> frozenset[Any] | None:
+        """Return the virtual transaction ids of the other transactions open on this
+        database (and the prepared ones, which can still commit).
+
+        Every transaction holds the lock on its own virtual transaction id from its start
+        to its end, whether or not it has written yet or ``track_activities`` is on, and
+        a virtual id is never reused while the server runs: an open transaction is
+        listed, and a listed id that is gone later has ended.
+        """
+        return self._writers(_PG_OPEN_WRITERS)
+
+    def gap_settled(self, probe: Statement, first: int, last: int,
+                    writers_then: frozenset[Any] | None,
+                    writers_now: frozenset[Any] | None) -> bool:
+        """Settled once every transaction open at the gap's first sight has ended.
+
+        Exact: the sequence hands out ids in order, so the writer of a missing id took
+        it before the visible row above it was written, that is before the read that
+        saw the gap, and was open then. If it was still open when ``writers_then`` was
+        listed it is in that set; once no member is open it has committed (the caller's
+        read after this call sees its row) or rolled back (the id never appears). A
+        transaction that began after the first sight cannot hold an id below a row
+        already visible, so a steady stream of new writers never holds a gap.
+        """
+        return writers_then is not None and writers_now is not None \
+            and not writers_then & writers_now
 
     def _in_transaction(self, runner: Callable[..., Any], sql: str, params: Any,
                         result: Callable[[Any], Any]) -> Any:
@@ -651,6 +715,14 @@ class PostgresExecutor(ServerExecutor):
 
 # -- MySQL / MariaDB ----------------------------------------------------------------------
 
+# The other InnoDB transactions open, of connections on this database or on none (a
+# connection elsewhere could still write here by a qualified name, but this store's
+# writers connect to its database). Needs the PROCESS privilege.
+_MYSQL_OPEN_WRITERS = """SELECT t.trx_mysql_thread_id FROM information_schema.INNODB_TRX t
+LEFT JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
+WHERE t.trx_mysql_thread_id <> CONNECTION_ID() AND (p.DB IS NULL OR p.DB = DATABASE())"""
+
+
 class MySQLExecutor(ServerExecutor):
     """MySQL and MariaDB: a named write lock around the transaction; DDL commits itself."""
 
@@ -659,6 +731,7 @@ class MySQLExecutor(ServerExecutor):
     # server shutdown, packet too large, killed, gone away, lost, idle timeout.
     lost_codes = frozenset({1053, 1153, 1927, 2006, 2013, 2055, 4031})
     refused_codes = frozenset({1153})
+    _nowait: str | None = None
 
     def socket_of(self, conn: Any) -> int | None:
         """Return the PyMySQL connection's socket, or None once it is closed."""
@@ -699,6 +772,46 @@ class MySQLExecutor(ServerExecutor):
             if not self._lost(exc, conn):
                 raise translate(exc) from exc
             self._discard(conn)
+
+    def open_writers(self) -> frozenset[Any] | None:
+        """Return the thread ids of the other InnoDB transactions open (connections on
+        this database or on none; needs the PROCESS privilege, else None)."""
+        return self._writers(_MYSQL_OPEN_WRITERS)
+
+    def gap_settled(self, probe: Statement, first: int, last: int,
+                    writers_then: frozenset[Any] | None,
+                    writers_now: frozenset[Any] | None) -> bool:
+        """Settled when no other transaction is open and no row of the gap is locked.
+
+        ``INNODB_TRX`` is a cache that InnoDB refreshes only when it was not read for
+        0.1 s, so frequent readers can keep it stale: a transaction that began since
+        the last refresh is missing from it. So the gap's ids are also read with a
+        share lock that does not wait (``NOWAIT``): a row an open transaction inserted
+        carries that transaction's lock, and the read fails at once. Between those two
+        a writer can hide only in the microseconds between InnoDB reserving its id and
+        inserting its row. Inside the caller's transaction the read would keep its locks,
+        so the caller never asks then.
+        """
+        if writers_now is None or writers_now:
+            return False
+        try:
+            self.fetchall(probe.sql + self._share_nowait(),
+                          probe.complete((first, last)))
+        except ConnectionLost:
+            raise
+        except peewee.DatabaseError as exc:  # locked (1205, 3572), or no NOWAIT here
+            logger.debug("gap %d..%d on %s is not settled: %s", first, last, self.location,
+                         first_line(exc))
+            return False
+        return True
+
+    def _share_nowait(self) -> str:
+        if self._nowait is None:
+            version = str(self.fetchall("SELECT VERSION()")[0][0])
+            # MariaDB (10.3+) spells it LOCK IN SHARE MODE NOWAIT; MySQL 8 FOR SHARE NOWAIT.
+            self._nowait = (" LOCK IN SHARE MODE NOWAIT" if "mariadb" in version.lower()
+                            else " FOR SHARE NOWAIT")
+        return self._nowait
 
     def index_hint(self, index: str) -> str:
         """Return ``FORCE INDEX (`index`)``."""

@@ -58,6 +58,7 @@ from .queries import (
 )
 from .sqlite_executor import sqlite_storage_info
 from .statements import columns_of
+from .tail import DEFAULT_GAP_TIMEOUT, Tail, check_gap_timeout
 from .validation import (
     INT64_MAX,
     INT64_MIN,
@@ -106,8 +107,10 @@ class Store:
     ``time_unit`` if given, else ``default_time_unit``; an existing one keeps its own,
     and an explicit ``time_unit`` that disagrees raises :class:`SchemaError`. ``clock``
     returns the current time in that unit (default: :func:`system_clock` or
-    :func:`system_clock_ms`, read at call time). Safe to share between threads:
-    SQLite gets one connection per thread, server backends a bounded pool.
+    :func:`system_clock_ms`, read at call time). ``gap_timeout`` bounds, in seconds,
+    how long ``tail_events`` waits at an id that may never commit (see there). Safe to
+    share between threads: SQLite gets one connection per thread, server backends a
+    bounded pool.
     """
 
     database: peewee.Database
@@ -118,7 +121,9 @@ class Store:
                  clock: Clock | None = None, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
                  synchronous: str = "NORMAL", pool_size: int = DEFAULT_POOL_SIZE,
                  lock_retries: int = DEFAULT_LOCK_RETRIES, migrate: bool = True,
-                 time_unit: str | None = None, default_time_unit: str = "s") -> None:
+                 time_unit: str | None = None, default_time_unit: str = "s",
+                 gap_timeout: float = DEFAULT_GAP_TIMEOUT) -> None:
+        gap_timeout = check_gap_timeout(gap_timeout)
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a callable returning the time, not {clock!r}")
         requested = None if time_unit is None else check_time_unit("time_unit", time_unit)
@@ -133,6 +138,7 @@ class Store:
         self.database = db
         self._executor = executor_for(db, busy_timeout=busy_timeout, lock_retries=lock_retries)
         self._statements = Statements(db, self._executor.index_hint)
+        self._tail = Tail(self._executor, self._statements, gap_timeout)
         if look is None:
             look = migrations.read_state(db, self.location)
         self._use_time_unit(look.time_unit, requested, clock)
@@ -468,13 +474,25 @@ class Store:
 
     def tail_events(self, after_id: int = 0, *, batch_id: int | None = None,
                     limit: int = 1000) -> list[Row]:
-        """Return events with id greater than ``after_id``, oldest first (for polling)."""
+        """Return events with id greater than ``after_id``, oldest first (for polling).
+
+        Fed the last id it returned, repeated calls return every committed event exactly
+        once, in id order, even when writers commit out of id order (servers hand out
+        ids before commit): the tail stops below an id that is missing while the
+        transaction that may still commit it is open, or, for an id that never commits
+        (a rolled-back insert), for at most the store's ``gap_timeout`` seconds from
+        when the gap was first seen.
+        """
         check_int("after_id", after_id)
         check_int("limit", limit, minimum=1)
         if limit > MAX_PAGE:
             raise ValueError(f"limit must be <= {MAX_PAGE}, got {limit}")
         filters = event_filters(batch_id, None, None, None, None, None)
-        return self._event_chunk(filters, False, after_id, limit)
+
+        def read() -> list[Row]:
+            return self._event_chunk(filters, False, after_id, limit)
+
+        return self._tail.settle(read(), after_id, read)
 
     def count_events(self, *, batch_id: int | None = None, story_key: str | None = None,
                      command: str | None = None, status: str | None = None,
