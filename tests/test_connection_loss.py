@@ -229,8 +229,13 @@ def test_message_over_max_allowed_packet(store: Store, server_session: Any) -> N
         pytest.skip("max_allowed_packet is MySQL's")
     limit = int(server_session.execute("SELECT @@max_allowed_packet")[0][0])
     batch = store.create_batch(1)
-    with pytest.raises(peewee.OperationalError, match="max_allowed_packet"):
+    # An event's message is bounded below the packet limit (4 MiB), refused before sending;
+    # a command's summary is not, and reaches the server.
+    with pytest.raises(ValueError, match="message is larger than 4 MiB"):
         store.create_event(batch, None, None, "e", "k", "c", "t", "s", "x" * (limit + 1))
+    command = store.create_command(store.create_story(batch, "k", "e"), "c", "t")
+    with pytest.raises(peewee.OperationalError, match="max_allowed_packet"):
+        store.update_command(command, output_summary="x" * (limit + 1))
     for i in range(5):  # the server closed that connection; later calls get a fresh one
         store.create_event(batch, None, None, "e", "k", "c", "t", "s", f"m{i}")
     assert len(store.get_events_by_batch(batch)) == 5
