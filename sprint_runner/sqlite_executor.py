@@ -140,6 +140,12 @@ class SqliteExecutor(Executor):
         rows = self.fetchall(statement.sql, statement.complete(params))
         return dict(zip(statement.columns, rows[0])) if rows else None
 
+    def all(self, statement: Statement, params: Sequence[Any] = ()) -> list[Row]:
+        """Return every row of the statement as a dict of its columns."""
+        columns = statement.columns
+        return [dict(zip(columns, row))
+                for row in self.fetchall(statement.sql, statement.complete(params))]
+
     def _failed(self, exc: Exception, result: Callable[[Any], T], sql: str,
                 params: Sequence[Any]) -> T:
         """Handle a failed statement: outside a transaction a statement is its own lock
