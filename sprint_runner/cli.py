@@ -657,15 +657,20 @@ def _cmd_tail(args: argparse.Namespace) -> int:
                 print(line, flush=True)
 
             recent = store.page_events(limit=max(args.lines, 1), batch_id=args.batch)["events"]
-            after = recent[0]["id"] if recent else 0
+            shown = {event["id"] for event in recent}  # printed, or older than asked
             for event in reversed(recent[:args.lines]):
                 emit(event)
+            # Follow from below the oldest event read, not the newest: on a server an event
+            # below it may still commit; the tail returns it, and skips what was shown.
+            after = recent[-1]["id"] - 1 if recent else 0
             polls = 0
             while True:
                 events = store.tail_events(after, batch_id=args.batch, limit=_TAIL_CHUNK)
                 for event in events:
-                    emit(event)
+                    if event["id"] not in shown:
+                        emit(event)
                     after = event["id"]
+                shown = {i for i in shown if i > after}
                 if len(events) == _TAIL_CHUNK:
                     continue
                 polls += 1

@@ -622,6 +622,35 @@ def test_tail_shows_the_last_lines_then_follows(capsys: pytest.CaptureFixture[st
     assert sleeps == [0.25, 0.25]
 
 
+@pytest.mark.sqlite_only
+def test_tail_prints_an_event_that_commits_late_below_the_newest(
+        capsys: pytest.CaptureFixture[str], db_target: str, store: Store,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a server an id can commit after a higher one; here the late event is written
+    # with its id by hand, below the newest shown. It is printed once, nothing twice.
+    batch = store.create_batch(1)
+    ids = [log_event(store, batch, f"m{i}") for i in range(6)]
+    with store.get_connection() as conn:
+        conn.execute("DELETE FROM events WHERE id = ?", (ids[4],))
+    late = dict(next(e for e in store.iter_events() if e["id"] == ids[3]), id=ids[4],
+                message="late")
+
+    page_events = Store.page_events
+
+    def page_then_late_commit(self: Store, **kwargs: Any) -> Any:
+        page = page_events(self, **kwargs)  # the late event commits right after this read
+        with store.get_connection() as conn:
+            conn.execute(f"INSERT INTO events ({', '.join(late)}) VALUES "
+                         f"({', '.join('?' * len(late))})", tuple(late.values()))
+        return page
+
+    monkeypatch.setattr(Store, "page_events", page_then_late_commit)
+    monkeypatch.setattr(cli, "_sleep", lambda seconds: None)
+    code, out, err = run(capsys, "--db", db_target, "tail", "-n", "2", "--max-polls", "2")
+    assert (code, err) == (0, "")
+    assert [line.split()[-1] for line in out.splitlines()] == ["m3", "m5", "late"]
+
+
 def test_tail_json_and_ctrl_c(capsys: pytest.CaptureFixture[str], db_target: str,
                               store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     batch = store.create_batch(1)
