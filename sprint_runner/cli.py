@@ -26,7 +26,14 @@ import peewee
 from . import __version__, db, demo, files, migrations, untrusted
 from .clock import PER_SECOND as _PER_SECOND
 from .clock import system_clock
-from .connect import backend_of, describe, mask_secrets, mask_url, open_database
+from .connect import (
+    DriverMissing,
+    backend_of,
+    describe,
+    mask_secrets,
+    mask_url,
+    open_database,
+)
 from .migrations import SchemaState
 from .store import EVENT_COLUMNS, MAX_PAGE, Row, Store, sqlite_storage_info
 from .untrusted import for_terminal, json_text
@@ -1062,6 +1069,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except DriverMissing as exc:
+        message = _one_line(exc)
     except ValueError as exc:
         # Bad input that argparse could not see (a cursor, a URL, a bound): a usage error.
         message, status = _one_line(exc) or type(exc).__name__, 2

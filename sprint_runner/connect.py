@@ -280,10 +280,16 @@ def _check_options(busy_timeout: float, synchronous: str, pool_size: int) -> str
     return synchronous.upper()
 
 
+class DriverMissing(ValueError):
+    """A URL names a backend whose driver is not installed (a ``ValueError``, as it always
+    was; the command line reports it as a problem of the machine, exit 1, not a usage
+    error)."""
+
+
 def _require_driver(backend: str) -> None:
     modules, extra = _DRIVERS[backend]
     if not any(importlib.util.find_spec(m) for m in modules):
-        raise ValueError(
+        raise DriverMissing(
             f"{backend} needs a database driver ({' or '.join(modules)}): "
             f"pip install '{extra}'"
         )

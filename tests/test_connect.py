@@ -11,7 +11,7 @@ import pytest
 from playhouse.pool import PooledMySQLDatabase, PooledPostgresqlDatabase
 
 from sprint_runner import Store
-from sprint_runner.connect import describe, mask_url, open_database
+from sprint_runner.connect import DriverMissing, describe, mask_url, open_database
 
 
 def test_mask_url() -> None:
@@ -126,9 +126,24 @@ def test_missing_driver_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("psycopg2", "psycopg") else real(name, *a))
-    with pytest.raises(ValueError, match=r"pip install 'sprint-runner\[postgres\]'") as info:
+    with pytest.raises(DriverMissing, match=r"pip install 'sprint-runner\[postgres\]'") as info:
         open_database("postgresql://bob:hunter2@db:5432/sprint")
+    assert isinstance(info.value, ValueError)  # as it always was
     assert "hunter2" not in str(info.value)
+
+
+def test_missing_driver_is_a_problem_not_a_usage_error(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    from sprint_runner.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("psycopg2", "psycopg") else real(name, *a))
+    assert main(["--db", "postgresql://bob:hunter2@db:5432/sprint", "status"]) == 1
+    err = capsys.readouterr().err
+    assert "needs a database driver" in err and "hunter2" not in err
 
 
 def test_server_error_messages_mask_password(caplog) -> None:
