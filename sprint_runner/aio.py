@@ -43,7 +43,7 @@ import peewee
 
 from . import db as _db
 from .clock import Clock
-from .events import CHUNK, create_event_arguments, event_row
+from .events import CHUNK, create_event_arguments, event_row, split
 from .models import KEY_LENGTH, BackgroundTask, BaseModel, Batch, Command, Story
 from .store import _IMMUTABLE, Store
 from .validation import check_int, check_text, check_update
@@ -102,6 +102,17 @@ class _GroupJob(_Job):
     """A single-row write that may share a transaction with others."""
 
     __slots__ = ()
+
+
+class _EventJob(_GroupJob):
+    """A ``create_event`` with its checked row (the timestamp is set when it is written)."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, fn: Callable[[], Any], future: asyncio.Future[Any],
+                 loop: asyncio.AbstractEventLoop, row: tuple[Any, ...]) -> None:
+        super().__init__(fn, future, loop)
+        self.row = row
 
 
 _STOP = object()
@@ -166,6 +177,7 @@ class AsyncStore:
         self.max_delay = float(max_delay)
         self._reader_count = readers
         self._store: Store | None = None
+        self._bulk_events = False
         self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -195,6 +207,8 @@ class AsyncStore:
         self._writes.put(_Job(lambda: Store(target, clock, **options), future, loop))
         try:
             self._store = await future
+            # Multi-row INSERTs for runs of create_event: SQLite only (see _insert_events).
+            self._bulk_events = self._store.backend == "sqlite"
         except BaseException:
             self._writes.put(_STOP)
             self._closing = self._closed = True
@@ -322,20 +336,18 @@ class AsyncStore:
         writer was idle, wait up to ``max_delay`` for more. Return the first item that
         is not a group write (run after the group), or None."""
         writes, limit = self._writes, self.max_batch
-        deadline = time.monotonic() + self.max_delay if idle and self.max_delay else None
+        waited = not (idle and self.max_delay)
         while len(group) < limit:
             try:
                 item = writes.get_nowait()
             except queue.Empty:
-                if deadline is None:
+                if waited:
                     return None
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                try:
-                    item = writes.get(timeout=remaining)
-                except queue.Empty:
-                    return None
+                # One sleep, then take all that came: waking at every write that
+                # arrives would hand the GIL back and forth with the loop's thread.
+                time.sleep(self.max_delay)
+                waited = True
+                continue
             if not isinstance(item, _GroupJob):
                 return item
             group.append(item)
@@ -365,7 +377,23 @@ class AsyncStore:
                 stats["transactions"] += 1
                 with store.transaction():
                     outcomes = []
-                    for job in live:
+                    start, bulk = 0, self._bulk_events
+                    while start < len(live):
+                        job = live[start]
+                        if bulk and isinstance(job, _EventJob):
+                            end = start + 1
+                            while end < len(live) and isinstance(live[end], _EventJob):
+                                end += 1
+                            if end - start > 1:
+                                run = live[start:end]
+                                try:
+                                    ids = self._insert_events(
+                                        [e.row for e in run])  # type: ignore[attr-defined]
+                                except _OWN_ERRORS as exc:
+                                    raise _Retry from exc
+                                outcomes += [(e, True, i) for e, i in zip(run, ids)]
+                                start = end
+                                continue
                         try:
                             outcomes.append((job, True, job.fn()))
                         except _OWN_ERRORS as exc:
@@ -373,6 +401,7 @@ class AsyncStore:
                                 outcomes.append((job, False, exc))
                                 raise _Retry from None  # roll back; nothing to run again
                             raise _Retry from exc
+                        start += 1
             except _Retry:
                 if len(live) > 1:
                     # One write failed on its own: run the group again, each write in a
@@ -390,6 +419,23 @@ class AsyncStore:
         except BaseException as exc:  # noqa: BLE001 - the whole group failed
             outcomes = [(job, False, exc) for job in live]
         _post_grouped(outcomes)
+
+    def _insert_events(self, rows: list[tuple[Any, ...]]) -> list[int]:
+        """Insert checked event rows (now as their timestamp) by multi-row INSERTs;
+        return their ids. SQLite only: one writer, so one statement's ids are
+        consecutive and the last is ``last_insert_rowid()``."""
+        store = self.store
+        executor, statements = store._executor, store._statements
+        now = check_int("clock()", store.clock(), minimum=0)
+        ids: list[int] = []
+        start = 0
+        for size in split(len(rows)):
+            values = [v for row in rows[start:start + size]
+                      for v in (*row[:3], now, *row[4:])]
+            last = executor.insert(statements.insert_events(size), values)
+            ids += range(last - size + 1, last + 1)
+            start += size
+        return ids
 
     # -- submitting -------------------------------------------------------------------
 
@@ -453,11 +499,14 @@ class AsyncStore:
 
     async def create_event(self, *args: Any, **kwargs: Any) -> int:
         a = create_event_arguments(args, kwargs)
-        event_row(a["batch_id"], a["story_id"], a["command_id"], a["event_type"],
-                  a["epic_id"], a["story_key"], a["command"], a["task_id"], a["status"],
-                  a["message"], a["payload"], 0)
-        return await self._group_write(
-            functools.partial(self.store.create_event, *args, **kwargs))
+        row = event_row(a["batch_id"], a["story_id"], a["command_id"], a["event_type"],
+                        a["epic_id"], a["story_key"], a["command"], a["task_id"], a["status"],
+                        a["message"], a["payload"], 0)
+        loop = self._check_open()
+        future: asyncio.Future[int] = loop.create_future()
+        self._writes.put(_EventJob(functools.partial(self.store.create_event, *args, **kwargs),
+                                   future, loop, row))
+        return await future
 
     async def create_background_task(self, batch_id: int, story_key: str,
                                      task_type: str) -> int:
