@@ -188,6 +188,46 @@ async def test_concurrent_writers_form_groups(db_target: str, clock: FakeClock) 
 
 
 @pytest.mark.asyncio
+async def test_a_mixed_group_commits_in_arrival_order(db_target: str, clock: FakeClock) -> None:
+    async with aio.AsyncStore(db_target, clock=clock, max_delay=0.2) as store:
+        batch = await store.create_batch(3)
+        story = await store.create_story(batch, "2a-1", "2a")
+        before = dict(store.stats)
+        clock.advance(7)
+        results = await asyncio.gather(
+            event(store, batch, "first", payload={"k": [1, "ü"]}, event_type="a:b"),
+            store.heartbeat(batch),
+            event(store, batch, "second"),
+            store.update_batch(batch, cycles_completed=2),
+            store.create_events([{"batch_id": batch, "epic_id": "2a", "story_key": "2a-1",
+                                  "command": "c", "task_id": "t", "status": "bulk"}]),
+            store.create_command(story, "dev-story", "impl"),
+            store.create_event(batch, story, None, "c:d", "2a", "2a-1", "dev-story", "t",
+                               "progress", "third", {"n": 3}),
+            event(store, batch, "fourth"),
+            store.update_story(story, status="done"),
+            store.update_story(10**9, status="done"))
+        assert results[1] == results[3] == results[4] == results[8] == 1
+        assert results[9] == 0
+        assert store.stats["groups"] - before["groups"] == 2  # split by create_events
+        rows = store.store.get_events_by_batch(batch)
+        by_id = {r["id"]: r for r in rows}
+        first, second, third, fourth = (by_id[results[i]] for i in (0, 2, 6, 7))
+        assert [first["message"], second["message"], third["message"], fourth["message"]] == \
+            ["first", "second", "third", "fourth"]
+        assert results[0] < results[2] < results[6] < results[7]
+        assert first["payload_json"] == '{"k":[1,"ü"]}' and first["event_type"] == "a:b"
+        assert third["payload_json"] == '{"n":3}' and third["story_id"] == story
+        assert {r["timestamp"] for r in rows} == {clock.now}
+        bulk = next(r for r in rows if r["status"] == "bulk")
+        assert results[2] < bulk["id"] < results[6]
+        got = await store.get_batch(batch)
+        assert got is not None and got["heartbeat_at"] == clock.now
+        assert got["cycles_completed"] == 2
+        assert (await store.get_commands_by_story(story))[0]["id"] == results[5]
+
+
+@pytest.mark.asyncio
 async def test_a_missing_parent_fails_its_caller_only(db_target: str, clock: FakeClock) -> None:
     # max_delay long enough that the whole burst lands in one group.
     async with aio.AsyncStore(db_target, clock=clock, max_delay=0.2) as store:
