@@ -57,6 +57,8 @@ T = TypeVar("T")
 DEFAULT_MAX_BATCH = 500
 DEFAULT_MAX_DELAY = 0.002
 DEFAULT_READERS = 4
+_WAIT_STEPS = 8
+"""An idle writer waits for a group in steps of ``max_delay / _WAIT_STEPS``."""
 
 GROUP_WRITES = ("create_event", "create_batch", "create_story", "create_command",
                 "create_background_task", "update_batch", "update_story", "update_command",
@@ -336,18 +338,26 @@ class AsyncStore:
         writer was idle, wait up to ``max_delay`` for more. Return the first item that
         is not a group write (run after the group), or None."""
         writes, limit = self._writes, self.max_batch
-        waited = not (idle and self.max_delay)
+        wait = idle and self.max_delay > 0
+        deadline = time.monotonic() + self.max_delay if wait else 0.0
+        step = self.max_delay / _WAIT_STEPS
         while len(group) < limit:
             try:
                 item = writes.get_nowait()
             except queue.Empty:
-                if waited:
+                if not wait:
                     return None
-                # One sleep, then take all that came: waking at every write that
-                # arrives would hand the GIL back and forth with the loop's thread.
-                time.sleep(self.max_delay)
-                waited = True
-                continue
+                # Wait in short sleeps while writes keep coming, up to max_delay: a
+                # step with none new ends the wait (polling the queue instead would
+                # hand the GIL back and forth with the loop's thread at every write).
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                time.sleep(min(step, remaining))
+                try:
+                    item = writes.get_nowait()
+                except queue.Empty:
+                    return None
             if not isinstance(item, _GroupJob):
                 return item
             group.append(item)
