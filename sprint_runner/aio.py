@@ -155,8 +155,9 @@ class AsyncStore:
 
     ``AsyncStore(target, **options)``: ``target`` and ``options`` as :class:`Store`
     takes them (``clock``, ``time_unit``, ``busy_timeout``, ...), plus ``max_batch``
-    (the most writes one transaction commits, default 500), ``max_delay`` (seconds an
-    idle writer waits for more writes to join a group, default 0.002; 0 never waits)
+    (the most writes one transaction commits, default 500), ``max_delay`` (the longest,
+    in seconds, an idle writer waits for more writes to join a group, default 0.002; it
+    waits in steps of an eighth and stops at a step in which none came; 0 never waits)
     and ``readers`` (reader threads, default 4). Open it with ``async with`` or
     ``await store.open()``; ``await store.aclose()`` commits every write already
     accepted, then stops the threads.
