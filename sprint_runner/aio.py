@@ -211,7 +211,7 @@ class AsyncStore:
         try:
             self._store = await future
             # Multi-row INSERTs for runs of create_event: SQLite only (see _insert_events).
-            self._bulk_events = self._store.backend == "sqlite"
+            self._bulk_events = self._store._executor.ids_commit_in_order
         except BaseException:
             self._writes.put(_STOP)
             self._closing = self._closed = True
@@ -431,6 +431,12 @@ class AsyncStore:
             outcomes = [(job, False, exc) for job in live]
         _post_grouped(outcomes)
 
+    def _insert_event(self, row: tuple[Any, ...]) -> int:
+        """Insert one checked event row, its timestamp now; return its id."""
+        store = self.store
+        now = check_int("clock()", store.clock(), minimum=0)
+        return store._executor.insert(store._statements.insert_event, (*row[:3], now, *row[4:]))
+
     def _insert_events(self, rows: list[tuple[Any, ...]]) -> list[int]:
         """Insert checked event rows (now as their timestamp) by multi-row INSERTs;
         return their ids. SQLite only: one writer, so one statement's ids are
@@ -515,7 +521,9 @@ class AsyncStore:
                         a["message"], a["payload"], 0)
         loop = self._check_open()
         future: asyncio.Future[int] = loop.create_future()
-        self._writes.put(_EventJob(functools.partial(self.store.create_event, *args, **kwargs),
+        # The row checked here is the row written (a payload the caller changes after
+        # the call is not read again).
+        self._writes.put(_EventJob(functools.partial(self._insert_event, row),
                                    future, loop, row))
         return await future
 
