@@ -8,7 +8,8 @@ is settled: the backend's executor says no transaction that could fill it is sti
 open (:meth:`~sprint_runner.executor.Executor.gap_settled`), or ``gap_timeout``
 seconds have passed since the gap was first seen (an id whose insert rolled back,
 or that a failed insert burnt, never appears). After a gap is settled the rows are
-read once more, so a writer that committed while the check ran is not skipped.
+read once more, so a writer that committed while the check ran is not skipped (the rows
+returned always come from a read made after the gaps were listed).
 
 SQLite commits one writer at a time, so ids appear in order there
 (``ids_commit_in_order``) and the rows are returned as read. On a server the common
@@ -79,8 +80,11 @@ class Tail:
         statement = self._statements.tail_gaps
         gaps = executor.all(statement, statement.bind(
             {"after": after, "top": top, "limit": GAPS_PER_POLL}))
+        # The gaps were read after the rows: an id that committed in between is no gap
+        # any more but is not among the rows either. So whatever the gaps say, the rows
+        # returned come from a read made after them (and after any check below).
         if not gaps:
-            return rows
+            return [row for row in read() if row["id"] <= top]
         bound = top + 1 if len(gaps) < GAPS_PER_POLL else gaps[-1]["last"] + 1
         # Inside the caller's transaction a second read may not see later commits (a
         # snapshot), and a locking read would keep its locks: only time settles a gap.
@@ -93,7 +97,6 @@ class Tail:
                 writers_now.append(executor.open_writers() if checkable else None)
             return writers_now[0]
 
-        passed = False
         for gap in gaps:
             first, last = gap["first"], gap["last"]
             seen = self._seen(first, last, now, open_writers)
@@ -108,10 +111,7 @@ class Tail:
                     open_writers())):
                 bound = first
                 break
-            passed = True
-        if passed:
-            rows = read()  # rows that committed into a settled gap while it was checked
-        return [row for row in rows if row["id"] < bound]
+        return [row for row in read() if row["id"] < bound]
 
     def _seen(self, first: int, last: int, now: float,
               open_writers: Callable[[], frozenset[Any] | None]) -> _Gap:

@@ -45,9 +45,7 @@ def _drain(store: Store, after: int, seen: list[int], batch_id: int | None = Non
         after = rows[-1]["id"]
 
 
-@pytest.mark.xfail(BACKEND == "postgresql", strict=False, reason=(
-    "open on PostgreSQL: about one loaded full-suite run in ten misses one event here "
-    "(ids 1 and 61 seen so far); passes alone; not yet explained, see the README"))
+@pytest.mark.slow
 def test_tail_sees_every_event_once_with_concurrent_writers(make_store: Any) -> None:
     """Writer threads commit out of id order (some sleep inside their transaction,
     some roll back); the union of the tails is the table, in id order, once each."""
@@ -89,9 +87,11 @@ def test_tail_sees_every_event_once_with_concurrent_writers(make_store: Any) -> 
                 after = _drain(store, after, seen)
                 after_b0 = _drain(store, after_b0, seen_b0, batches[0])
                 time.sleep(0.01)
-            # Every writer is done: the tail catches up as soon as the gaps are settled
-            # (at the latest gap_timeout after they were first seen).
-            deadline = time.monotonic() + timeout + 2.0
+            # Every writer is done: the tail catches up as soon as the gaps are settled,
+            # at the latest gap_timeout after each was first seen; on MariaDB, whose
+            # check needs no transaction open, a rolled-back id is seen only once the
+            # tail reaches it, so a few may each take the whole timeout in turn.
+            deadline = time.monotonic() + 3 * timeout + 2.0
             total = store.count_events()
             while time.monotonic() < deadline and len(seen) < total:
                 after = _drain(store, after, seen)
@@ -167,6 +167,20 @@ def _held_then_committed(store: Store, holder: ServerSession, batch: int,
     holder.execute("COMMIT")
     assert _ids(store.tail_events(after)) == [held, later]
     assert _ids(store.tail_events(after, batch_id=batch)) == [held, later]
+
+
+def test_an_id_committed_between_the_read_and_the_gap_check_is_not_skipped(
+        make_store: Any, server_session: Any) -> None:
+    # The race the concurrent test found on PostgreSQL (ids 1, 4, 61 missed): the rows
+    # were read while id 2 was uncommitted, id 2 committed, then the gap listing saw no
+    # gap and the stale rows, without id 2, were returned; the caller moved past it.
+    store = make_store(gap_timeout=30)
+    batch = store.create_batch(1)
+    ids = [log_event(store, batch, f"m{i}") for i in range(3)]
+    everything = store.tail_events(0)
+    stale = [row for row in everything if row["id"] != ids[1]]  # read before ids[1] committed
+    returned = store._tail.settle(stale, 0, lambda: store.tail_events(0))
+    assert _ids(returned) == ids
 
 
 def test_held_insert_holds_the_tail_until_it_commits(make_store: Any, server_session: Any,
