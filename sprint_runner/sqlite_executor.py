@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
+import peewee
+
 from . import files
 from .connect import copy_sqlite_file
 from .errors import LockTimeout, StorageFull
@@ -54,6 +56,28 @@ def is_busy(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return "database is locked" in text or "database is busy" in text or "table is locked" in text
+
+
+def create_private(path: str) -> None:
+    """Create the database file ``path`` owner-only (0600, whatever the umask) if nothing
+    is there, before SQLite opens it: SQLite gives its -wal and -shm files the database
+    file's mode. An existing file (or anything else at the path) is left as it is."""
+    if os.path.lexists(path):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                     0o600)
+    except FileExistsError:  # another process created it first: theirs stands
+        return
+    except OSError as exc:
+        raise peewee.OperationalError(
+            f"cannot create the database file {path}: {exc.strerror or exc} "
+            f"(the folder {os.path.dirname(os.path.abspath(path))} must be writable "
+            "by this user)") from exc
+    try:
+        os.fchmod(fd, 0o600)  # the umask can only have narrowed it; make it exact
+    finally:
+        os.close(fd)
 
 
 def free_bytes(path: str) -> int | None:
@@ -117,6 +141,12 @@ class SqliteExecutor(Executor):
 
     backend = "sqlite"
 
+    def __init__(self, database: peewee.Database, *, busy_timeout: float = 30.0,
+                 lock_retries: int = 5) -> None:
+        super().__init__(database, busy_timeout=busy_timeout, lock_retries=lock_retries)
+        # Before anything connects (peewee itself may, reading the tables).
+        create_private(self.path)
+
     @property
     def path(self) -> str:
         """The database file."""
@@ -129,6 +159,8 @@ class SqliteExecutor(Executor):
         # The first connection switches a new file to WAL, which needs the file to
         # itself; SQLite reports busy there at once instead of waiting out
         # busy_timeout, so processes opening a new file together retry here.
+        if self._state.closed:
+            create_private(self.path)
         self._retry_locked(lambda: self.database.connect(reuse_if_open=True))
         return self._state.conn
 

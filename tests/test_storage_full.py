@@ -7,16 +7,13 @@ checked by raising the driver's own exception with the server's code.
 """
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import peewee
 import pytest
-from conftest import IN_CI, FakeClock
+from conftest import FakeClock
 
 import sprint_runner
 from sprint_runner import StorageFull, Store
@@ -31,29 +28,6 @@ def _event(batch: int, message: str) -> dict[str, Any]:
     return {"batch_id": batch, "story_id": None, "command_id": None, "epic_id": "2a",
             "story_key": "2a-1", "command": "dev-story", "task_id": "setup",
             "status": "progress", "message": message}
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A fresh 4 MiB tmpfs, unmounted after the test."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    why = None
-    if os.geteuid() != 0:
-        why = "mounting a tmpfs needs root"
-    else:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs",
-                               str(mountpoint)], capture_output=True, text=True)
-        if done.returncode != 0:
-            why = f"cannot mount a tmpfs: {done.stderr.strip() or done.returncode}"
-    if why is not None:
-        if IN_CI:
-            pytest.fail(why, pytrace=False)
-        pytest.skip(why)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def _fill(store: Store, batch: int) -> tuple[int, StorageFull]:
