@@ -263,7 +263,8 @@ def opened(args: argparse.Namespace, *, create: bool = False, migrate: bool = Fa
     read-only look, before any connection that could change it (WAL mode included).
     """
     database = open_database(_target(args))
-    look = _first_look(database, create=create)
+    look = _first_look(database, create=create,
+                       adopt_foreign=bool(getattr(args, "adopt_foreign", False)))
     check = current and not migrate
     if check and look is not None:
         _refuse_outdated(describe(database), look)
@@ -278,7 +279,8 @@ def opened(args: argparse.Namespace, *, create: bool = False, migrate: bool = Fa
         store.close()
 
 
-def _first_look(database: peewee.Database, *, create: bool = False) -> SchemaState | None:
+def _first_look(database: peewee.Database, *, create: bool = False,
+                adopt_foreign: bool = False) -> SchemaState | None:
     """Read a SQLite file's schema state on a read-only connection (None on a server).
 
     Unless ``create``, a missing file is an error (and is not created).
@@ -289,7 +291,7 @@ def _first_look(database: peewee.Database, *, create: bool = False) -> SchemaSta
     if not create and not os.path.exists(path):
         raise CommandError(f"{path}: no such database file (create one with "
                            f"`{PROG} init`, or try `{PROG} --db demo.db demo`)")
-    return migrations.inspect_sqlite_file(path)
+    return migrations.inspect_sqlite_file(path, adopt_foreign=adopt_foreign)
 
 
 def _refuse_outdated(location: str, state: SchemaState) -> None:
@@ -400,7 +402,10 @@ def _stale_after(what: str) -> _Option:
 @_command("init", "create the database or bring its schema up to date",
           _option("--time-unit", choices=("s", "ms"),
                   help="the unit of a new database's timestamps: s (seconds) or ms "
-                       "(milliseconds); default $SPRINT_RUNNER_TIME_UNIT, else s"))
+                       "(milliseconds); default $SPRINT_RUNNER_TIME_UNIT, else s"),
+          _option("--adopt-foreign", action="store_true",
+                  help="add sprint-runner's tables to a SQLite file that holds another "
+                       "program's tables (refused otherwise)"))
 def _cmd_init(args: argparse.Namespace) -> int:
     return _migrate(args, create=True, dry_run=False)
 

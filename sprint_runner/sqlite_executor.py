@@ -58,6 +58,28 @@ def is_busy(exc: BaseException) -> bool:
     return "database is locked" in text or "database is busy" in text or "table is locked" in text
 
 
+def permission_problem(path: str, *, write: bool) -> str | None:
+    """Say why this process may not read (or, with ``write``, write) the SQLite file
+    ``path`` and its folder (SQLite writes -wal/-shm beside it), or None if it may."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    who = f"this process (uid {os.geteuid()})" if hasattr(os, "geteuid") else "this process"
+    checks = [(path, os.R_OK, "read")]
+    if write:
+        checks += [(path, os.W_OK, "write"), (folder, os.W_OK | os.X_OK, "create files in")]
+    for name, bits, verb in checks:
+        if os.path.exists(name) and not os.access(name, bits):
+            st = os.stat(name)
+            return (f"permission denied: {who} may not {verb} {name} (mode "
+                    f"{st.st_mode & 0o777:04o}, owner uid {st.st_uid})")
+        if write and os.path.exists(name):
+            try:
+                if os.statvfs(name).f_flag & getattr(os, "ST_RDONLY", 1):
+                    return f"{name} is on a read-only filesystem"
+            except (OSError, AttributeError):
+                pass
+    return None
+
+
 def create_private(path: str) -> None:
     """Create the database file ``path`` owner-only (0600, whatever the umask) if nothing
     is there, before SQLite opens it: SQLite gives its -wal and -shm files the database
@@ -144,8 +166,10 @@ class SqliteExecutor(Executor):
     def __init__(self, database: peewee.Database, *, busy_timeout: float = 30.0,
                  lock_retries: int = 5) -> None:
         super().__init__(database, busy_timeout=busy_timeout, lock_retries=lock_retries)
-        # Before anything connects (peewee itself may, reading the tables).
+        # Before anything connects (peewee itself may, reading the tables); connected
+        # here, so that a file this process may not write is refused by name at once.
         create_private(self.path)
+        self.connect()
 
     @property
     def path(self) -> str:
@@ -161,7 +185,16 @@ class SqliteExecutor(Executor):
         # busy_timeout, so processes opening a new file together retry here.
         if self._state.closed:
             create_private(self.path)
-        self._retry_locked(lambda: self.database.connect(reuse_if_open=True))
+        try:
+            self._retry_locked(lambda: self.database.connect(reuse_if_open=True))
+        except LockTimeout:
+            raise
+        except peewee.OperationalError as exc:
+            denied = permission_problem(self.path, write=True)
+            if denied is None:
+                raise
+            raise peewee.OperationalError(
+                f"cannot open {self.path} for writing: {denied} ({exc})") from exc
         return self._state.conn
 
     @contextmanager
