@@ -166,10 +166,8 @@ class SqliteExecutor(Executor):
     def __init__(self, database: peewee.Database, *, busy_timeout: float = 30.0,
                  lock_retries: int = 5) -> None:
         super().__init__(database, busy_timeout=busy_timeout, lock_retries=lock_retries)
-        # Before anything connects (peewee itself may, reading the tables); connected
-        # here, so that a file this process may not write is refused by name at once.
+        # Before anything connects (peewee itself may, reading the tables).
         create_private(self.path)
-        self.connect()
 
     @property
     def path(self) -> str:
