@@ -36,7 +36,7 @@ from sprint_runner.store import _owner
 
 pytestmark = [pytest.mark.heavy, pytest.mark.slow]
 
-EXAMPLES = {"sqlite": 500, "postgresql": 25, "mysql": 20}[BACKEND]
+EXAMPLES = {"sqlite": 500, "postgresql": 100, "mysql": 60}[BACKEND]
 STEPS = 30
 INT64_MAX = 2**63 - 1
 TABLES = ("batches", "stories", "commands", "events", "background_tasks")
@@ -161,7 +161,9 @@ class StoreModel(RuleBasedStateMachine):
             cursor = conn.cursor()
             cursor.execute(f"SELECT * FROM {table} ORDER BY id")
             names = [d[0] for d in cursor.description]
-            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            # A dict cursor's rows (MySQL's) are mappings already.
+            rows = [dict(row) if isinstance(row, Mapping) else dict(zip(names, row, strict=True))
+                    for row in cursor.fetchall()]
             cursor.close()
         return {int(r["id"]): r for r in rows}
 
