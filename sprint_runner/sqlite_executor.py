@@ -328,7 +328,13 @@ class SqliteExecutor(Executor):
             cursor.executemany(sql, rows)
             cursor.close()
         except Exception as exc:
-            raise self.error_for(exc) from exc
+            doomed = getattr(self._state, _DOOMED, None)
+            if doomed is not None and self.database.in_transaction():
+                raise doomed from exc
+            error = self.error_for(exc)
+            if isinstance(error, StorageFull) and self.database.in_transaction():
+                self._doom_if_rolled_back(error)
+            raise error from exc
 
     def index_hint(self, index: str) -> str:
         """Return ``INDEXED BY "index"``."""
@@ -381,8 +387,16 @@ class SqliteExecutor(Executor):
         """
         db = self.database
         if db.in_transaction():
-            with db.atomic():
-                yield
+            try:
+                with db.atomic():
+                    yield
+            except Exception as exc:
+                # SQLite rolled the whole transaction back (a full disk): its savepoint
+                # is gone too; say why rather than "no such savepoint".
+                doomed = getattr(self._state, _DOOMED, None)
+                if doomed is not None and exc is not doomed:
+                    raise doomed from exc
+                raise
             return
         with self.session():
             txn = db.transaction("IMMEDIATE")

@@ -202,3 +202,34 @@ def test_a_server_reporting_its_disk_full_raises_storage_full(store: Store) -> N
     # The connection is kept and the store goes on.
     batch = store.create_batch(5)
     assert store.get_batch(batch) is not None
+
+
+@pytest.mark.sqlite_only
+def test_a_bulk_insert_failing_inside_a_callers_block_leaves_nothing_half(tmpfs: Path) -> None:
+    """create_events nests a savepoint in the caller's block; a full disk there, caught by
+    the caller, must not let the rest of the block run outside the transaction."""
+    path = str(tmpfs / "sprint-runner.db")
+    filler = tmpfs / "filler"
+    filler.write_bytes(b"\0" * FILLER)
+    store = Store(path, clock=FakeClock())
+    try:
+        batch = store.create_batch(5)
+        outcome = "committed"
+        try:
+            with store.transaction():
+                store.create_event(**_event(batch, "first"))
+                try:
+                    store.create_events([_event(batch, BIG) for _ in range(300)])
+                except StorageFull:
+                    pass
+                store.create_event(**_event(batch, "last"))
+        except StorageFull:
+            outcome = "refused"
+        messages = [e["message"] for e in store.get_events_by_batch(batch)]
+        assert messages == ([] if outcome == "refused" else ["first", "last"])
+        assert store.integrity_check() == []
+        filler.unlink()
+        store.create_event(**_event(batch, "after"))
+        assert store.count_events() == len(messages) + 1
+    finally:
+        store.close()
