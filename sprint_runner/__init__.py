@@ -6,7 +6,13 @@ over one default store.
 from __future__ import annotations
 
 from .clock import Clock, system_clock
-from .errors import ConnectionLost, IntegrityError, LockTimeout, SchemaError
+from .errors import (
+    ConnectionLost,
+    IntegrityError,
+    LockTimeout,
+    SchemaError,
+    StorageFull,
+)
 from .store import Store
 
 __version__ = "0.1.0"
@@ -17,6 +23,7 @@ __all__ = [
     "IntegrityError",
     "LockTimeout",
     "SchemaError",
+    "StorageFull",
     "Store",
     "__version__",
     "system_clock",

@@ -270,7 +270,8 @@ def opened(args: argparse.Namespace, *, create: bool = False, migrate: bool = Fa
     read-only look, before any connection that could change it (WAL mode included).
     """
     database = open_database(_target(args))
-    look = _first_look(database, create=create)
+    look = _first_look(database, create=create,
+                       adopt_foreign=bool(getattr(args, "adopt_foreign", False)))
     check = current and not migrate
     if check and look is not None:
         _refuse_outdated(describe(database), look)
@@ -285,7 +286,8 @@ def opened(args: argparse.Namespace, *, create: bool = False, migrate: bool = Fa
         store.close()
 
 
-def _first_look(database: peewee.Database, *, create: bool = False) -> SchemaState | None:
+def _first_look(database: peewee.Database, *, create: bool = False,
+                adopt_foreign: bool = False) -> SchemaState | None:
     """Read a SQLite file's schema state on a read-only connection (None on a server).
 
     Unless ``create``, a missing file is an error (and is not created).
@@ -296,7 +298,7 @@ def _first_look(database: peewee.Database, *, create: bool = False) -> SchemaSta
     if not create and not os.path.exists(path):
         raise CommandError(f"{path}: no such database file (create one with "
                            f"`{PROG} init`, or try `{PROG} --db demo.db demo`)")
-    return migrations.inspect_sqlite_file(path)
+    return migrations.inspect_sqlite_file(path, adopt_foreign=adopt_foreign)
 
 
 def _refuse_outdated(location: str, state: SchemaState) -> None:
@@ -407,7 +409,10 @@ def _stale_after(what: str) -> _Option:
 @_command("init", "create the database or bring its schema up to date",
           _option("--time-unit", choices=("s", "ms"),
                   help="the unit of a new database's timestamps: s (seconds) or ms "
-                       "(milliseconds); default $SPRINT_RUNNER_TIME_UNIT, else s"))
+                       "(milliseconds); default $SPRINT_RUNNER_TIME_UNIT, else s"),
+          _option("--adopt-foreign", action="store_true",
+                  help="add sprint-runner's tables to a SQLite file that holds another "
+                       "program's tables (refused otherwise)"))
 def _cmd_init(args: argparse.Namespace) -> int:
     return _migrate(args, create=True, dry_run=False)
 
@@ -869,7 +874,8 @@ def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "location": describe(database), "backend": backend_of(database),
         "schema_version": None, "pending_migrations": None, "integrity": None,
-        "storage": {}, "tables": None, "stale_batches": None, "time_unit": None}
+        "storage": {}, "space": None, "tables": None, "stale_batches": None,
+        "time_unit": None}
     per_second = 1
     try:
         look = _first_look(database)
@@ -903,6 +909,11 @@ def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
         problems.append(f"cannot read the database: {reason}")
         if report["backend"] == "sqlite":
             advice.append("restore a backup, or salvage the file with sqlite3's .recover")
+    if report["backend"] == "sqlite":
+        path = str(database.database)
+        _check_file_mode(path, problems, advice)
+        if report["tables"] is not None:
+            _check_free_space(args, path, report, per_second, problems, advice)
     for b in report["stale_batches"] or ():
         owner = f" (owner {b['owner']})" if b["owner"] else ""
         problems.append(f"batch {b['id']} is running but silent for "
@@ -912,6 +923,67 @@ def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
                       "   (once you know the batches' processes are gone)")
     report.update(problems=problems, advice=advice, ok=not problems)
     return report
+
+
+def _check_file_mode(path: str, problems: list[str], advice: list[str]) -> None:
+    """A database file others may read is a problem: it holds the agents' messages."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o044:
+        who = " and ".join(w for w, bit in (("group", 0o040), ("others", 0o004)) if mode & bit)
+        problems.append(f"{path} is readable by {who} (mode {mode:04o}); it should be "
+                        "owner-only (0600)")
+        advice.append(f"chmod 600 {shlex.quote(path)}*   (the file and its -wal/-shm)")
+
+
+_LOW_SPACE_SHARE = 0.10  # doctor warns below 10% free on the database's filesystem
+_GROWTH_DAYS = 20  # ... or below 20 days of the file's growth
+_DAY = 86_400
+_PRUNE_HINT_DAYS = 30
+
+
+def _check_free_space(args: argparse.Namespace, path: str, report: dict[str, Any],
+                      per_second: int, problems: list[str], advice: list[str]) -> None:
+    """Warn when the database's filesystem runs low: below 10% free, or below 20 times
+    the file's daily growth (estimated from the events' span, when it is two days or
+    more); say what ``prune --older-than 30d`` would free."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+    except (OSError, AttributeError):
+        return
+    free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    storage = report["storage"]
+    size = int(storage.get("file_bytes", 0)) + int(storage.get("wal_bytes", 0))
+    with opened(args, current=False) as store:
+        oldest = next(store.iter_events(chunk_size=1), None)
+        newest = next(store.iter_events(chunk_size=1, newest_first=True), None)
+        events = store.count_events()
+        reasons = []
+        if total and free < _LOW_SPACE_SHARE * total:
+            reasons.append(f"{free / total:.1%} of its filesystem is free")
+        daily = None
+        if oldest is not None and newest is not None:
+            days = abs(newest["timestamp"] - oldest["timestamp"]) / per_second / _DAY
+            if days >= 2:
+                daily = size / days
+                if free < _GROWTH_DAYS * daily:
+                    reasons.append(f"it grows about {_bytes(int(daily))} a day and only "
+                                   f"{free / daily:.0f} days of that are free")
+        report["space"] = {"free_bytes": free, "total_bytes": total,
+                           "daily_growth_bytes": None if daily is None else int(daily)}
+        if not reasons:
+            return
+        cutoff = system_clock() - _PRUNE_HINT_DAYS * _DAY
+        counts = store.prune(older_than=cutoff * per_second, dry_run=True)
+    share = counts["events"] / events if events else 0.0
+    problems.append(f"low disk space for {path}: {_bytes(free)} free; "
+                    + "; ".join(reasons))
+    advice.append(f"{PROG} prune --older-than {_PRUNE_HINT_DAYS}d   (would delete "
+                  f"{counts['events']:,} of {events:,} events and {counts['batches']:,} "
+                  f"batches, about {_bytes(int(size * share))} of the file, reused by new "
+                  "rows), or free space on the filesystem")
 
 
 def _doctor_lines(report: dict[str, Any], stale_after: int) -> list[str]:

@@ -29,3 +29,18 @@ class ConnectionLost(peewee.OperationalError):
     The dead connection is closed and never returned to the pool; the next call
     (after the transaction block, inside one) gets a fresh connection.
     """
+
+
+class StorageFull(peewee.OperationalError):
+    """The disk (or the database's own size limit) is full: the call was rolled back.
+
+    Nothing of the failed call was written; reads keep working, and writes succeed
+    again once space is freed, on the same store (no reopening). ``path`` is the
+    database file (or the server's location) and ``free_bytes`` the space left on
+    its filesystem (None when it cannot be told, as on a server).
+    """
+
+    def __init__(self, message: str, *, path: str = "", free_bytes: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.free_bytes = free_bytes

@@ -155,6 +155,19 @@ class Executor:
         """In a forked child: forget the parent's connections without closing them."""
         self._state.reset()
 
+    # -- errors (per backend) ----------------------------------------------------------
+
+    def storage_full(self, exc: BaseException) -> BaseException | None:
+        """Return :class:`~sprint_runner.errors.StorageFull` if ``exc`` is the backend
+        reporting its storage full, else None."""
+        return None
+
+    def error_for(self, exc: BaseException) -> BaseException:
+        """Return the store's error for a driver error: StorageFull, IntegrityError, else
+        peewee's class."""
+        full = self.storage_full(exc)
+        return full if full is not None else translate(exc)
+
     # -- primitives (per backend) ------------------------------------------------------
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Sequence[Any]]:

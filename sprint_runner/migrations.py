@@ -38,7 +38,7 @@ from .models import (
     SchemaMigration,
     Setting,
 )
-from .sqlite_executor import is_busy, sqlite_integrity_problems
+from .sqlite_executor import is_busy, permission_problem, sqlite_integrity_problems
 from .statements import Slot, compile_query
 
 logger = logging.getLogger("sprint_runner")
@@ -46,6 +46,7 @@ logger = logging.getLogger("sprint_runner")
 SCHEMA_TABLES: tuple[str, ...] = tuple(m._meta.table_name for m in MODELS)
 _MIGRATIONS_TABLE = SchemaMigration._meta.table_name
 _SETTINGS_TABLE = Setting._meta.table_name
+_OURS = frozenset({*SCHEMA_TABLES, _MIGRATIONS_TABLE, _SETTINGS_TABLE})
 MS_FROM = 10**11
 """A timestamp at or above this is in milliseconds (10^11 seconds is the year 5138;
 10^11 milliseconds is March 1973)."""
@@ -439,16 +440,64 @@ def _kind_of(location: str, tables: set[str], query: Callable[[str], list[tuple[
     return SchemaState("legacy", 0, _check_legacy(tables, columns, query, location, sqlite_fks))
 
 
-def inspect_sqlite_file(path: str, busy_timeout: float = 30.0) -> SchemaState:
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_header(path: str) -> None:
+    """Refuse a non-empty file that is not a whole SQLite database (garbage, zeros, cut
+    short), reading only its first 100 bytes."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(100)
+    refused = f"{path} is not a readable SQLite database: file is not a database"
+    if not header.strip(b"\x00"):
+        raise SchemaError(f"{refused} (its first {len(header)} bytes are all zero: zero-filled "
+                          "or never written); nothing was written, restore a backup")
+    if not header.startswith(_SQLITE_MAGIC[:len(header)]):
+        raise SchemaError(refused)
+    if len(header) < 100:
+        raise SchemaError(f"{refused} (truncated: {size} bytes, shorter than a SQLite "
+                          "header); nothing was written, restore a backup")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    counted = header[24:28] == header[92:96]  # the header's page count is valid
+    wal = path + "-wal"
+    if counted and pages and not (os.path.exists(wal) and os.path.getsize(wal)) \
+            and size < pages * page_size:
+        raise SchemaError(
+            f"{path} is not a readable SQLite database: truncated, {size} bytes where its "
+            f"header says {pages} pages of {page_size} bytes ({pages * page_size}); nothing "
+            "was written, restore a backup or salvage it with sqlite3's .recover")
+
+
+def _refuse_foreign(path: str, state: SchemaState) -> None:
+    others = sorted(t for t in state.tables if not t.startswith("sqlite_"))
+    if state.kind == "fresh" and others and not set(others) & _OURS:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise SchemaError(
+            f"{path} is another program's SQLite database (tables {shown}; none of "
+            "sprint-runner's); refusing to add tables to it. Nothing was written. Use a new "
+            "file, or adopt it on purpose: Store(..., adopt_foreign=True) or "
+            "`init --adopt-foreign`.")
+
+
+def inspect_sqlite_file(path: str, busy_timeout: float = 30.0, *,
+                        adopt_foreign: bool = True) -> SchemaState:
     """Read a SQLite file's schema state on a plain connection that writes nothing.
 
     Raises :class:`SchemaError` for a file this package must refuse (a newer
-    version, an unadoptable or broken legacy file), leaving it byte-identical:
-    this runs before any pragma (WAL included) touches the file. Raises
-    :class:`LockTimeout` if another process keeps it locked past ``busy_timeout``.
+    version, an unadoptable or broken legacy file, a damaged file, a file it may not
+    read, and unless ``adopt_foreign`` another program's database), leaving it
+    byte-identical: this runs before any pragma (WAL included) touches the file.
+    Raises :class:`LockTimeout` if another process keeps it locked past ``busy_timeout``.
     """
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return SchemaState("fresh", 0)
+    denied = permission_problem(path, write=False)
+    if denied is not None:
+        raise SchemaError(f"cannot open {path}: {denied}. Nothing was written.")
+    _check_header(path)
     conn = connect_sqlite_readonly(path, busy_timeout)
     try:
         try:
@@ -457,14 +506,25 @@ def inspect_sqlite_file(path: str, busy_timeout: float = 30.0) -> SchemaState:
         except sqlite3.DatabaseError as exc:
             if is_busy(exc):
                 raise LockTimeout(f"{path} is locked by another process: {exc}") from exc
+            denied = permission_problem(path, write=True)
+            if denied is not None:  # a WAL file needs its -shm even to be read
+                raise peewee.OperationalError(
+                    f"cannot open {path} for writing: {denied} ({exc})") from exc
             raise SchemaError(f"{path} is not a readable SQLite database: {exc}") from exc
-        return _classify(
+        state = _classify(
             path, tables, lambda sql: conn.execute(sql).fetchall(),
             lambda table: {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')},
             lambda table: {(r[3], r[2])
                            for r in conn.execute(f'PRAGMA foreign_key_list("{table}")')})
+    except sqlite3.DatabaseError as exc:
+        if is_busy(exc):
+            raise LockTimeout(f"{path} is locked by another process: {exc}") from exc
+        raise SchemaError(f"{path} is not a readable SQLite database: {exc}") from exc
     finally:
         conn.close()
+    if not adopt_foreign:
+        _refuse_foreign(path, state)
+    return state
 
 
 def check_sqlite_file(path: str, busy_timeout: float = 30.0) -> list[str]:

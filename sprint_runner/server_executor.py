@@ -24,7 +24,7 @@ from typing import Any, cast
 import peewee
 from playhouse.pool import PooledDatabase
 
-from .errors import ConnectionLost, LockTimeout
+from .errors import ConnectionLost, LockTimeout, StorageFull
 from .executor import (
     BACKOFF_BASE,
     LASTROWID,
@@ -37,7 +37,6 @@ from .executor import (
     nothing,
     run,
     run_many,
-    translate,
 )
 from .statements import Statement
 
@@ -93,6 +92,10 @@ class ServerExecutor(Executor):
     """Error codes after which the server has closed the connection."""
     refused_codes: frozenset[object] = frozenset()
     """... and those of them where the server refused the statement before running it."""
+    full_codes: frozenset[object] = frozenset()
+    """Error codes of the server reporting its storage (disk or table) full."""
+    full_classes: frozenset[str] = frozenset()
+    """Names of driver exception classes that mean the same."""
 
     def __init__(self, database: peewee.Database, *, busy_timeout: float = 30.0,
                  lock_retries: int = 5) -> None:
@@ -103,6 +106,19 @@ class ServerExecutor(Executor):
     def socket_of(self, conn: Any) -> int | None:
         """Return the connection's socket, or None if the driver knows it closed."""
         raise NotImplementedError
+
+    def storage_full(self, exc: BaseException) -> BaseException | None:
+        """Return StorageFull if the server reports its disk or table full."""
+        if isinstance(exc, StorageFull):
+            return exc
+        if server_code(exc) not in self.full_codes and not any(
+                cls.__name__ in self.full_classes for cls in type(exc).__mro__):
+            return None
+        return StorageFull(
+            f"{self.location} reports its storage full ({first_line(exc)}); the call was "
+            "rolled back and nothing of it was written; reads still work, and writes "
+            "succeed again once the server has space (no reconnecting needed)",
+            path=self.location)
 
     # -- the tail's gaps -------------------------------------------------------------
 
@@ -139,7 +155,7 @@ class ServerExecutor(Executor):
         try:
             self.database.connect(reuse_if_open=True)
         except Exception as exc:
-            raise translate(exc) from exc
+            raise self.error_for(exc) from exc
         return self._state.conn
 
     @contextmanager
@@ -278,7 +294,7 @@ class ServerExecutor(Executor):
                 return cast(T, runner(conn, sql, params, result))
             except Exception as exc:
                 if not self._lost(exc, conn):
-                    raise translate(exc) from exc
+                    raise self.error_for(exc) from exc
                 self._discard(conn)
                 if server_code(exc) in self.refused_codes:
                     raise ConnectionLost(
@@ -321,7 +337,7 @@ class ServerExecutor(Executor):
         if self._lost(exc, conn):
             self._discard(conn)
             return self._lost_in_transaction(first_line(exc))
-        return translate(exc)
+        return self.error_for(exc)
 
     def _lost_in_transaction(self, why: str) -> ConnectionLost:
         return ConnectionLost(
@@ -380,7 +396,7 @@ class ServerExecutor(Executor):
                 if checked_out:
                     self._checkin()
                 if not lost:
-                    translated = translate(exc)
+                    translated = self.error_for(exc)
                     if translated is exc:
                         raise
                     raise translated from exc
@@ -413,7 +429,7 @@ class ServerExecutor(Executor):
             try:
                 txn.__enter__()
             except Exception as exc:
-                raise translate(exc) from exc
+                raise self.error_for(exc) from exc
             if lock is not None:
                 self._lock_after_begin(conn, lock)
         except BaseException as exc:
@@ -434,7 +450,7 @@ class ServerExecutor(Executor):
                 return
             except Exception as failed:
                 if not self._lost(failed, conn):
-                    raise translate(failed) from failed
+                    raise self.error_for(failed) from failed
         self._forget_transaction()
         if isinstance(exc, peewee.PeeweeException) and not isinstance(exc, ConnectionLost):
             raise self._lost_in_transaction(first_line(exc)) from exc
@@ -447,7 +463,7 @@ class ServerExecutor(Executor):
             txn.__exit__(None, None, None)
         except Exception as exc:
             if not self._lost(exc, conn):
-                raise translate(exc) from exc
+                raise self.error_for(exc) from exc
             self._forget_transaction()
             raise ConnectionLost(
                 f"lost the connection to {self.location} during COMMIT ({first_line(exc)}); "
@@ -600,6 +616,8 @@ class PostgresExecutor(ServerExecutor):
     """
 
     backend = "postgresql"
+    full_codes = frozenset({"53100"})  # disk_full
+    full_classes = frozenset({"DiskFull"})  # psycopg2.errors.DiskFull
 
     def __init__(self, database: peewee.Database, *, busy_timeout: float = 30.0,
                  lock_retries: int = 5) -> None:
@@ -731,6 +749,7 @@ class MySQLExecutor(ServerExecutor):
     # server shutdown, packet too large, killed, gone away, lost, idle timeout.
     lost_codes = frozenset({1053, 1153, 1927, 2006, 2013, 2055, 4031})
     refused_codes = frozenset({1153})
+    full_codes = frozenset({1114, 1021})  # ER_RECORD_FILE_FULL, ER_DISK_FULL
     _nowait: str | None = None
 
     def socket_of(self, conn: Any) -> int | None:
@@ -750,7 +769,7 @@ class MySQLExecutor(ServerExecutor):
             cursor.execute("SELECT GET_LOCK(CONCAT(%s, DATABASE()), %s)", (name + ":", wait))
             (got,) = cursor.fetchone()
         except Exception as exc:
-            raise translate(exc) from exc
+            raise self.error_for(exc) from exc
         finally:
             cursor.close()
         if got != 1:
@@ -770,7 +789,7 @@ class MySQLExecutor(ServerExecutor):
                 cursor.close()
         except Exception as exc:
             if not self._lost(exc, conn):
-                raise translate(exc) from exc
+                raise self.error_for(exc) from exc
             self._discard(conn)
 
     def open_writers(self) -> frozenset[Any] | None:

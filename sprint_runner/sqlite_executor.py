@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
+import peewee
+
 from . import files
 from .connect import copy_sqlite_file
-from .errors import LockTimeout
+from .errors import LockTimeout, StorageFull
 from .executor import (
     BACKOFF_BASE,
     BACKOFF_CAP,
@@ -31,13 +33,16 @@ from .executor import (
     Executor,
     Row,
     T,
-    translate,
 )
 from .statements import Statement
 
 logger = logging.getLogger("sprint_runner")
 
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (and their extended codes' low byte)
+_FULL_CODE = 13  # SQLITE_FULL
+_IOERR_CODE = 10  # SQLITE_IOERR: how WAL mode often reports ENOSPC (writing -wal/-shm)
+_NEARLY_FULL = 1 << 20  # an I/O error with less than this free is taken for ENOSPC
+_DOOMED = "sprint_runner_doomed"  # on peewee's thread state: a transaction SQLite rolled back
 # SQLite 3.32 raised the bound parameters per statement from 999 to 32766: enough for
 # a chunk of events (10 columns x 1000 rows) in one INSERT.
 _MULTI_ROW = sqlite3.sqlite_version_info >= (3, 32, 0)
@@ -51,6 +56,78 @@ def is_busy(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return "database is locked" in text or "database is busy" in text or "table is locked" in text
+
+
+def permission_problem(path: str, *, write: bool) -> str | None:
+    """Say why this process may not read (or, with ``write``, write) the SQLite file
+    ``path`` and its folder (SQLite writes -wal/-shm beside it), or None if it may."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    who = f"this process (uid {os.geteuid()})" if hasattr(os, "geteuid") else "this process"
+    checks = [(path, os.R_OK, "read")]
+    if write:
+        checks += [(path, os.W_OK, "write"), (folder, os.W_OK | os.X_OK, "create files in")]
+    for name, bits, verb in checks:
+        if os.path.exists(name) and not os.access(name, bits):
+            st = os.stat(name)
+            return (f"permission denied: {who} may not {verb} {name} (mode "
+                    f"{st.st_mode & 0o777:04o}, owner uid {st.st_uid})")
+        if write and os.path.exists(name):
+            try:
+                if os.statvfs(name).f_flag & getattr(os, "ST_RDONLY", 1):
+                    return f"{name} is on a read-only filesystem"
+            except (OSError, AttributeError):
+                pass
+    return None
+
+
+def create_private(path: str) -> None:
+    """Create the database file ``path`` owner-only (0600, whatever the umask) if nothing
+    is there, before SQLite opens it: SQLite gives its -wal and -shm files the database
+    file's mode. An existing file (or anything else at the path) is left as it is."""
+    if os.path.lexists(path):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                     0o600)
+    except FileExistsError:  # another process created it first: theirs stands
+        return
+    except OSError as exc:
+        raise peewee.OperationalError(
+            f"cannot create the database file {path}: {exc.strerror or exc} "
+            f"(the folder {os.path.dirname(os.path.abspath(path))} must be writable "
+            "by this user)") from exc
+    try:
+        os.fchmod(fd, 0o600)  # the umask can only have narrowed it; make it exact
+    finally:
+        os.close(fd)
+
+
+def free_bytes(path: str) -> int | None:
+    """Return the bytes an unprivileged writer may still use on ``path``'s filesystem
+    (its folder's, if it does not exist), or None if that cannot be told."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def is_full(exc: BaseException, path: str) -> bool:
+    """Return True if ``exc`` is SQLite reporting the disk or the database full
+    (``SQLITE_FULL``, or an I/O error while the file's filesystem has no room left)."""
+    for candidate in (exc, exc.__cause__):
+        if candidate is None:
+            continue
+        code = getattr(candidate, "sqlite_errorcode", None)
+        if code is not None:
+            if code & 0xFF == _FULL_CODE:
+                return True
+            if code & 0xFF == _IOERR_CODE:
+                free = free_bytes(path)
+                return free is not None and free < _NEARLY_FULL
+        if "database or disk is full" in str(candidate):
+            return True
+    return False
 
 
 def sqlite_integrity_problems(fetchall: Callable[[str], Sequence[Sequence[Any]]]) -> list[str]:
@@ -86,6 +163,12 @@ class SqliteExecutor(Executor):
 
     backend = "sqlite"
 
+    def __init__(self, database: peewee.Database, *, busy_timeout: float = 30.0,
+                 lock_retries: int = 5) -> None:
+        super().__init__(database, busy_timeout=busy_timeout, lock_retries=lock_retries)
+        # Before anything connects (peewee itself may, reading the tables).
+        create_private(self.path)
+
     @property
     def path(self) -> str:
         """The database file."""
@@ -98,7 +181,18 @@ class SqliteExecutor(Executor):
         # The first connection switches a new file to WAL, which needs the file to
         # itself; SQLite reports busy there at once instead of waiting out
         # busy_timeout, so processes opening a new file together retry here.
-        self._retry_locked(lambda: self.database.connect(reuse_if_open=True))
+        if self._state.closed:
+            create_private(self.path)
+        try:
+            self._retry_locked(lambda: self.database.connect(reuse_if_open=True))
+        except LockTimeout:
+            raise
+        except peewee.OperationalError as exc:
+            denied = permission_problem(self.path, write=True)
+            if denied is None:
+                raise
+            raise peewee.OperationalError(
+                f"cannot open {self.path} for writing: {denied} ({exc})") from exc
         return self._state.conn
 
     @contextmanager
@@ -146,14 +240,91 @@ class SqliteExecutor(Executor):
         return [dict(zip(columns, row))
                 for row in self.fetchall(statement.sql, statement.complete(params))]
 
+    def storage_full(self, exc: BaseException) -> BaseException | None:
+        """Return StorageFull, naming the file and the space left, if SQLite reports
+        the disk or the database full."""
+        if isinstance(exc, StorageFull):
+            return exc
+        if not is_full(exc, self.path):
+            return None
+        free = free_bytes(self.path)
+        left = "unknown space" if free is None else f"{free} bytes"
+        return StorageFull(
+            f"{self.path}: the disk or database is full ({left} left on its filesystem); "
+            "the call was rolled back and nothing of it was written; reads still work, "
+            "and writes succeed again once space is freed (no reopening needed)",
+            path=self.path, free_bytes=free)
+
     def _failed(self, exc: Exception, result: Callable[[Any], T], sql: str,
                 params: Sequence[Any]) -> T:
         """Handle a failed statement: outside a transaction a statement is its own lock
         acquisition, so a busy one is retried; anything else is raised."""
-        if is_busy(exc) and not self.database.in_transaction():
+        in_transaction = self.database.in_transaction()
+        if is_busy(exc) and not in_transaction:
             return self._retry_locked(lambda: result(self._state.conn.execute(sql, params)),
                                       failed=exc)
-        raise translate(exc) from exc
+        doomed = getattr(self._state, _DOOMED, None)
+        if doomed is not None and in_transaction:
+            raise doomed from exc
+        error = self.error_for(exc)
+        if isinstance(error, StorageFull) and in_transaction:
+            self._doom_if_rolled_back(error)
+        raise error from exc
+
+    def _doom_if_rolled_back(self, error: StorageFull) -> None:
+        """SQLite may roll the whole transaction back on a full disk: then close the
+        connection, so that no later statement of the block runs (and commits) outside
+        it; each fails with ``error`` until the block ends."""
+        conn = self._state.conn
+        if conn is None or conn.in_transaction:
+            return
+        logger.warning("SQLite rolled the transaction on %s back when the disk filled; "
+                       "failing the rest of the block", self.path)
+        setattr(self._state, _DOOMED, StorageFull(
+            f"{error} (SQLite rolled the whole transaction back: nothing of the block "
+            "was written)", path=error.path, free_bytes=error.free_bytes))
+        try:
+            conn.close()
+        except Exception:
+            logger.debug("closing the connection to %s failed", self.path, exc_info=True)
+
+    def _commit_error(self, exc: BaseException) -> BaseException:
+        """Return what to raise for a failed COMMIT. When the disk is full SQLite rolls
+        back itself, so peewee's ROLLBACK after it fails ("no transaction is active")
+        and hides the commit's error: look for it among the errors being handled."""
+        seen: BaseException | None = exc
+        for _ in range(6):
+            if seen is None:
+                break
+            full = self.storage_full(seen)
+            if full is not None:
+                return full
+            seen = seen.__cause__ or seen.__context__
+        return self.error_for(exc)
+
+    def _salvage(self, conn: Any) -> None:
+        """After a failed COMMIT or ROLLBACK: keep the thread's connection if it is out of
+        any transaction and answers; else roll it back, or discard it (the next call
+        opens a fresh one)."""
+        doomed = getattr(self._state, _DOOMED, None)
+        setattr(self._state, _DOOMED, None)
+        try:
+            if conn.in_transaction:
+                conn.rollback()
+            conn.execute("SELECT 1").fetchall()
+            if not conn.in_transaction:
+                return
+        except Exception:
+            logger.debug("the connection to %s is unusable", self.path, exc_info=True)
+        if doomed is None:
+            logger.warning("discarding the connection to %s after a failed commit",
+                           self.path)
+        try:
+            conn.close()
+        except Exception:
+            logger.debug("closing the connection to %s failed", self.path, exc_info=True)
+        if self._state.conn is conn:
+            self._state.reset()
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement for many parameter rows (inside the caller's transaction)."""
@@ -163,7 +334,13 @@ class SqliteExecutor(Executor):
             cursor.executemany(sql, rows)
             cursor.close()
         except Exception as exc:
-            raise translate(exc) from exc
+            doomed = getattr(self._state, _DOOMED, None)
+            if doomed is not None and self.database.in_transaction():
+                raise doomed from exc
+            error = self.error_for(exc)
+            if isinstance(error, StorageFull) and self.database.in_transaction():
+                self._doom_if_rolled_back(error)
+            raise error from exc
 
     def index_hint(self, index: str) -> str:
         """Return ``INDEXED BY "index"``."""
@@ -202,7 +379,7 @@ class SqliteExecutor(Executor):
                 return operation()
             except Exception as exc:
                 if not is_busy(exc):
-                    raise translate(exc) from exc
+                    raise self.error_for(exc) from exc
                 failed = exc
                 attempts += 1
 
@@ -216,21 +393,48 @@ class SqliteExecutor(Executor):
         """
         db = self.database
         if db.in_transaction():
-            with db.atomic():
-                yield
+            try:
+                with db.atomic():
+                    yield
+            except Exception as exc:
+                # SQLite rolled the whole transaction back (a full disk): its savepoint
+                # is gone too; say why rather than "no such savepoint".
+                doomed = getattr(self._state, _DOOMED, None)
+                if doomed is not None and exc is not doomed:
+                    raise doomed from exc
+                raise
             return
         with self.session():
             txn = db.transaction("IMMEDIATE")
             self._retry_locked(txn.__enter__)
+            conn = self._state.conn
             try:
                 yield
             except BaseException:
-                txn.__exit__(*sys.exc_info())
+                doomed = getattr(self._state, _DOOMED, None)
+                try:
+                    txn.__exit__(*sys.exc_info())
+                except Exception:
+                    if doomed is None:  # else the connection was closed on purpose
+                        logger.warning("rolling back on %s failed", self.path, exc_info=True)
+                    self._salvage(conn)
+                else:
+                    if doomed is not None:
+                        self._salvage(conn)
                 raise
+            doomed = getattr(self._state, _DOOMED, None)
+            if doomed is not None:  # the block caught the StorageFull and went on
+                try:
+                    txn.__exit__(type(doomed), doomed, None)
+                except Exception:
+                    pass
+                self._salvage(conn)
+                raise doomed
             try:
                 txn.__exit__(None, None, None)
             except Exception as exc:
-                raise translate(exc) from exc
+                self._salvage(conn)
+                raise self._commit_error(exc) from exc
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -244,7 +448,7 @@ class SqliteExecutor(Executor):
             try:
                 txn.__enter__()
             except Exception as exc:
-                raise translate(exc) from exc
+                raise self.error_for(exc) from exc
             try:
                 yield
             except BaseException:

@@ -108,7 +108,9 @@ class Store:
     and an explicit ``time_unit`` that disagrees raises :class:`SchemaError`. ``clock``
     returns the current time in that unit (default: :func:`system_clock` or
     :func:`system_clock_ms`, read at call time). ``gap_timeout`` bounds, in seconds,
-    how long ``tail_events`` waits at an id that may never commit (see there). Safe to
+    how long ``tail_events`` waits at an id that may never commit (see there). A SQLite
+    file named by path or URL that holds another program's tables (none of ours) is
+    refused with :class:`SchemaError` unless ``adopt_foreign``. Safe to
     share between threads: SQLite gets one connection per thread, server backends a
     bounded pool.
     """
@@ -122,7 +124,7 @@ class Store:
                  synchronous: str = "NORMAL", pool_size: int = DEFAULT_POOL_SIZE,
                  lock_retries: int = DEFAULT_LOCK_RETRIES, migrate: bool = True,
                  time_unit: str | None = None, default_time_unit: str = "s",
-                 gap_timeout: float = DEFAULT_GAP_TIMEOUT) -> None:
+                 gap_timeout: float = DEFAULT_GAP_TIMEOUT, adopt_foreign: bool = False) -> None:
         gap_timeout = check_gap_timeout(gap_timeout)
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a callable returning the time, not {clock!r}")
@@ -134,7 +136,11 @@ class Store:
         look = None
         if isinstance(db, peewee.SqliteDatabase):
             # Before the first connection applies any pragma: a refused file stays untouched.
-            look = migrations.inspect_sqlite_file(str(db.database), busy_timeout)
+            # A file named by path or URL that is another program's database is refused
+            # unless adopted on purpose; a Database passed in is the caller's own choice.
+            look = migrations.inspect_sqlite_file(
+                str(db.database), busy_timeout,
+                adopt_foreign=adopt_foreign or isinstance(database, peewee.Database))
         self.database = db
         self._executor = executor_for(db, busy_timeout=busy_timeout, lock_retries=lock_retries)
         self._statements = Statements(db, self._executor.index_hint)

@@ -12,6 +12,7 @@ import hashlib
 import os
 import sqlite3
 import stat
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -344,3 +345,27 @@ def victim_database(path: Any) -> str:
     conn.executescript("CREATE TABLE precious (x); INSERT INTO precious VALUES ('mine');")
     conn.close()
     return str(path)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A fresh 4 MiB tmpfs, unmounted after the test (needs root: skipped without it,
+    failed under ``CI=true``)."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    why = None
+    if os.geteuid() != 0:
+        why = "mounting a tmpfs needs root"
+    else:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs",
+                               str(mountpoint)], capture_output=True, text=True)
+        if done.returncode != 0:
+            why = f"cannot mount a tmpfs: {done.stderr.strip() or done.returncode}"
+    if why is not None:
+        if IN_CI:
+            pytest.fail(why, pytrace=False)
+        pytest.skip(why)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
