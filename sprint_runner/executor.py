@@ -70,24 +70,23 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def run(conn: Any, sql: str, params: Any, result: Callable[[Any], T]) -> T:
-    """Run one statement on a new cursor of ``conn``; return ``result(cursor)``."""
+def _on_cursor(conn: Any, call: str, sql: str, params: Any, result: Callable[[Any], T]) -> T:
     cursor = conn.cursor()
     try:
-        cursor.execute(sql, params)
+        getattr(cursor, call)(sql, params)
         return result(cursor)
     finally:
         cursor.close()
+
+
+def run(conn: Any, sql: str, params: Any, result: Callable[[Any], T]) -> T:
+    """Run one statement on a new cursor of ``conn``; return ``result(cursor)``."""
+    return _on_cursor(conn, "execute", sql, params, result)
 
 
 def run_many(conn: Any, sql: str, rows: Any, result: Callable[[Any], T]) -> T:
     """Run one statement for many parameter rows; return ``result(cursor)``."""
-    cursor = conn.cursor()
-    try:
-        cursor.executemany(sql, rows)
-        return result(cursor)
-    finally:
-        cursor.close()
+    return _on_cursor(conn, "executemany", sql, rows, result)
 
 
 def nothing(cursor: Any) -> None:
