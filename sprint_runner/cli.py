@@ -1074,6 +1074,44 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- serve ------------------------------------------------------------------------------------
+
+_WEB_MISSING = "the dashboard needs aiohttp: pip install 'sprint-runner[web]'"
+
+
+@_command("serve", "serve the read-only web dashboard (pages, JSON API, live stream)",
+          _option("--host", metavar="HOST", default="127.0.0.1",
+                  help="the address to listen on (default: 127.0.0.1; any other than a "
+                       "loopback one needs --token)"),
+          _option("--port", metavar="N", type=_count(0, 65535), default=8765,
+                  help="the port to listen on (default: 8765)"),
+          _option("--token", metavar="T",
+                  help="require this token: 'Authorization: Bearer T', or open ?token=T "
+                       "once (default: $SPRINT_RUNNER_TOKEN)"))
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from aiohttp import web as aiohttp_web
+
+        from . import web
+    except ImportError:
+        raise CommandError(_WEB_MISSING) from None
+    token = args.token or os.environ.get("SPRINT_RUNNER_TOKEN") or None
+    if not web.is_loopback(args.host) and token is None:
+        raise UsageError(f"--host {args.host} is not a loopback address: give --token T "
+                         "(or $SPRINT_RUNNER_TOKEN) so that only you can read the dashboard")
+    database = open_database(_target(args))
+    look = _first_look(database)  # never creates a file; read-only look
+    if look is not None:
+        _refuse_outdated(describe(database), look)
+    app = web.create_app(_target(args), token=token, host=args.host)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    _say(f"serving {describe(database)} read-only on http://{shown}:{args.port}/ "
+         f"(Ctrl-C stops)")
+    aiohttp_web.run_app(app, host=args.host, port=args.port, print=None,
+                        handle_signals=True)
+    return 0
+
+
 # -- the parser -------------------------------------------------------------------------------
 
 _EPILOG = f"""\

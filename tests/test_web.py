@@ -1,0 +1,668 @@
+"""The web dashboard (issue 14): API shapes, filters, paging, errors, the safety rules,
+the live stream, the pages' escaping, and a real browser on SQLite."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+aiohttp = pytest.importorskip("aiohttp")
+
+from aiohttp import web  # noqa: E402
+from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+from conftest import BACKEND, IN_CI, ROOT, FakeClock, log_event, run_cli, subprocess_env  # noqa: E402
+
+from sprint_runner import Store  # noqa: E402
+from sprint_runner.demo import simulate_sprint  # noqa: E402
+from sprint_runner.web import create_app, is_loopback  # noqa: E402
+
+XSS = ('<img src=x onerror="document.title=\'pwned\'">',
+       "</script><script>document.title='pwned'</script>")
+
+
+def fill(store: Store) -> dict[str, Any]:
+    """A simulated (completed) sprint plus a running batch with two stories, a running
+    and a finished command, a pending background task and three events."""
+    old = simulate_sprint(store)
+    batch = store.create_batch(4)
+    s1 = store.create_story(batch, "3a-1", "3a")
+    s2 = store.create_story(batch, "3a-2", "3a")
+    done = store.create_command(s1, "create-story", "draft")
+    store.update_command(done, status="completed", ended_at=store.clock(),
+                         output_summary="story <file> written")
+    running = store.create_command(s2, "dev-story", "implement")
+    task = store.create_background_task(batch, "3a-1", "docs")
+    events = [log_event(store, batch, f"event {n}", story_id=s1, story_key="3a-1",
+                        command_id=done, command="create-story",
+                        status="completed" if n == 2 else "progress") for n in range(3)]
+    store.heartbeat(batch)
+    return {"old": old, "batch": batch, "stories": [s1, s2], "commands": [done, running],
+            "task": task, "events": events}
+
+
+@pytest.fixture
+def sprint(store: Store) -> dict[str, Any]:
+    return fill(store)
+
+
+@pytest_asyncio.fixture
+async def make_client(db_target: str, clock: FakeClock) -> AsyncIterator[Any]:
+    """A factory of test clients on dashboards over this test's database."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def make(**options: Any) -> TestClient[Any, Any]:
+        options.setdefault("clock", clock)
+        options.setdefault("poll_interval", 0.05)
+        client: TestClient[Any, Any] = TestClient(TestServer(create_app(db_target, **options)))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest_asyncio.fixture
+async def client(make_client: Any, store: Store) -> Any:
+    return await make_client()
+
+
+async def get_json(client: Any, url: str, status: int = 200, **kwargs: Any) -> Any:
+    response = await client.get(url, **kwargs)
+    text = await response.text()
+    assert response.status == status, text
+    assert response.headers["Content-Type"].startswith("application/json")
+    return json.loads(text)
+
+
+# -- the package -----------------------------------------------------------------------------
+
+def test_import_sprint_runner_does_not_load_the_dashboard() -> None:
+    code = "import sys, sprint_runner; print('sprint_runner.web' in sys.modules, " \
+           "'aiohttp' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, env=subprocess_env())
+    assert result.stdout.split() == ["False", "False"], result.stderr
+
+
+def test_static_files_ship_in_the_package() -> None:
+    static = ROOT / "sprint_runner" / "web" / "static"
+    assert sorted(p.name for p in static.iterdir()) == ["dashboard.css", "dashboard.js"]
+    assert "innerHTML" not in (static / "dashboard.js").read_text().replace(
+        "(never innerHTML)", "")
+    setup = (ROOT / "setup.cfg").read_text()
+    assert "web/static/*" in setup and "sprint_runner.web" in setup
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("[::1]", True),
+    ("localhost", True), ("app.localhost", True), ("LOCALHOST.", True),
+    ("0.0.0.0", False), ("192.168.1.5", False), ("example.com", False), ("", False)])
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+# -- opening: read-only ------------------------------------------------------------------------
+
+@pytest.mark.sqlite_only
+def test_a_missing_file_is_refused_and_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "absent.db"
+    with pytest.raises(FileNotFoundError, match="no such database file"):
+        create_app(str(path))
+    assert not path.exists()
+
+
+@pytest.mark.sqlite_only
+def test_a_file_needing_migrations_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE unrelated (x)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(Exception, match="migration"):
+        create_app(str(path))
+    assert path.read_bytes() == before
+    assert not Path(str(path) + "-wal").exists()
+
+
+def test_a_store_is_taken_for_sqlite_and_refused_for_a_server(store: Store,
+                                                              db_target: str) -> None:
+    if BACKEND == "sqlite":
+        assert isinstance(create_app(store), web.Application)
+    else:
+        with pytest.raises(ValueError, match="URL"):
+            create_app(store)
+        assert isinstance(create_app(db_target), web.Application)
+
+
+@pytest.mark.asyncio
+async def test_the_dashboard_writes_nothing(make_client: Any, store: Store,
+                                            sprint: dict[str, Any]) -> None:
+    before = store.table_counts()
+    client = await make_client()
+    for url in ("/", "/batches", f"/batches/{sprint['batch']}", "/events", "/api/now",
+                "/api/batches", "/api/events", "/metrics", "/healthz"):
+        assert (await client.get(url)).status == 200, url
+    assert store.table_counts() == before
+
+
+# -- the JSON API --------------------------------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_api_now_shows_the_running_batch(client: Any, sprint: dict[str, Any]) -> None:
+    now = await get_json(client, "/api/now")
+    assert now["batch"]["id"] == sprint["batch"] and now["batch"]["status"] == "running"
+    assert now["stories_by_status"] == {"in-progress": 2}
+    assert [c["id"] for c in now["running_commands"]] == [sprint["commands"][1]]
+    assert [t["id"] for t in now["pending_background_tasks"]] == [sprint["task"]]
+    assert [e["id"] for e in now["last_events"]] == sprint["events"][::-1]
+    assert now["heartbeat_age"] == 0 and now["time_unit"] == "s"
+    assert len((await get_json(client, "/api/now?events=1"))["last_events"]) == 1
+
+
+@pytest.mark.asyncio
+async def test_api_now_without_a_running_batch(client: Any, store: Store) -> None:
+    empty = await get_json(client, "/api/now")
+    assert empty["batch"] is None and empty["last_events"] == []
+    old = simulate_sprint(store)
+    last = await get_json(client, "/api/now")
+    assert last["batch"]["id"] == old and last["batch"]["status"] == "completed"
+    assert last["heartbeat_age"] is None
+
+
+@pytest.mark.asyncio
+async def test_api_batches_pages(client: Any, sprint: dict[str, Any]) -> None:
+    first = await get_json(client, "/api/batches?limit=1")
+    assert first["total"] == 2 and first["limit"] == 1 and first["offset"] == 0
+    assert [b["id"] for b in first["batches"]] == [sprint["batch"]]
+    assert first["batches"][0]["story_count"] == 2
+    second = await get_json(client, "/api/batches?limit=1&offset=1")
+    assert [b["id"] for b in second["batches"]] == [sprint["old"]]
+    assert second["batches"][0]["story_count"] == 4
+    assert (await get_json(client, "/api/batches?offset=5"))["batches"] == []
+
+
+@pytest.mark.asyncio
+async def test_api_batch(client: Any, sprint: dict[str, Any]) -> None:
+    detail = await get_json(client, f"/api/batches/{sprint['batch']}")
+    assert set(detail) == {"batch", "stories", "commands", "background_tasks", "time_unit"}
+    assert [s["id"] for s in detail["stories"]] == sprint["stories"]
+    assert [c["id"] for c in detail["commands"]] == sprint["commands"]
+    assert [t["id"] for t in detail["background_tasks"]] == [sprint["task"]]
+    for url in ("/api/batches/999", "/api/batches/abc", "/api/batches/" + "9" * 40):
+        response = await client.get(url)
+        assert response.status == 404, url
+
+
+@pytest.mark.asyncio
+async def test_api_events_filters(client: Any, store: Store, clock: FakeClock,
+                                  sprint: dict[str, Any]) -> None:
+    batch = sprint["batch"]
+    clock.advance(7200)
+    late = log_event(store, batch, "late", story_key="3a-2", command="code-review",
+                     status="failed")
+    store.create_event(batch_id=batch, story_id=None, command_id=None, epic_id="",
+                       story_key="", command="", task_id="", status="info", message="typed",
+                       event_type="batch:note", payload={"a": [1, 2]})
+
+    async def ids(query: str) -> list[int]:
+        page = await get_json(client, "/api/events?" + query)
+        assert set(page) == {"events", "next_cursor", "time_unit"}
+        return [e["id"] for e in page["events"]]
+
+    assert await ids(f"batch={batch}&story=3a-1") == sprint["events"][::-1]
+    assert await ids(f"batch={batch}&command=code-review") == [late]
+    assert await ids(f"batch={batch}&status=completed") == [sprint["events"][2]]
+    typed = await get_json(client, "/api/events?event_type=batch:note")
+    assert json.loads(typed["events"][0]["payload_json"]) == {"a": [1, 2]}
+    assert await ids(f"batch={batch}&since=1h&story=3a-2") == [late]
+    assert await ids(f"batch={batch}&until=1h&story=3a-1") == sprint["events"][::-1]
+    assert await ids(f"batch={batch}&since={clock.now - 10}&story=3a-2") == [late]
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.now - 10))
+    assert await ids(f"batch={batch}&since={iso}&story=3a-2") == [late]
+    assert await ids("story=no-such") == []
+
+
+@pytest.mark.asyncio
+async def test_api_events_pages_never_skip_or_repeat(client: Any, store: Store) -> None:
+    batch = store.create_batch(1)
+    written = [log_event(store, batch, f"m{n}") for n in range(7)]
+    seen: list[int] = []
+    cursor = None
+    while True:
+        query = f"batch={batch}&limit=3" + (f"&cursor={cursor}" if cursor else "")
+        page = await get_json(client, "/api/events?" + query)
+        seen += [e["id"] for e in page["events"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        log_event(store, batch, "newer")  # arriving while paging: not on the older pages
+    assert seen == written[::-1]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("query", [
+    "limit=0", "limit=x", "limit=10001", "limit=-1", "batch=-1", "batch=0", "batch=1.5",
+    "since=yesterday", "until=2024-13-45", "since=99999999999999", "cursor=garbage",
+    "cursor=", "batch=" + "9" * 30, "story=" + "k" * 300, "limit=" + "1" * 25])
+async def test_api_events_bad_parameters_are_400(client: Any, query: str) -> None:
+    response = await client.get("/api/events?" + query)
+    body = await response.text()
+    if query == "cursor=":  # empty: no cursor
+        assert response.status == 200
+        return
+    assert response.status == 400, body
+    error = json.loads(body)["error"]
+    assert error and "\n" not in error and len(error) <= 300
+
+
+@pytest.mark.asyncio
+async def test_bad_parameters_of_pages_are_400(client: Any) -> None:
+    for url in ("/events?since=soon", "/batches?limit=0", "/api/batches?offset=x",
+                "/api/now?events=x", "/api/stream?batch=x"):
+        response = await client.get(url)
+        assert response.status == 400, url
+
+
+@pytest.mark.asyncio
+async def test_healthz_and_metrics(client: Any, store: Store, clock: FakeClock,
+                                   sprint: dict[str, Any]) -> None:
+    health = await get_json(client, "/healthz")
+    assert health["status"] == "ok" and health["backend"] == BACKEND
+    blocked_story = store.create_story(sprint["batch"], "3a-3", "3a")
+    for _ in range(3):
+        command = store.create_command(blocked_story, "dev-story", "fix")
+        store.update_command(command, status="failed")
+    clock.advance(42)
+    response = await client.get("/metrics")
+    assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
+    text = await response.text()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert values["sprint_runner_events"] == str(store.count_events())
+    assert values["sprint_runner_running_batches"] == "1"
+    assert values["sprint_runner_blocked_stories"] == "1"
+    assert values[f'sprint_runner_heartbeat_age_seconds{{batch="{sprint["batch"]}"}}'] == "42"
+
+
+# -- methods, hosts, tokens, headers ----------------------------------------------------------------
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+async def test_only_get_and_head(client: Any, method: str) -> None:
+    for url in ("/", "/api/now", "/api/events", "/nowhere", "/static/dashboard.js"):
+        response = await client.request(method, url)
+        assert response.status == 405, (method, url)
+        assert set(response.headers["Allow"].split(",")) == {"GET", "HEAD"}
+
+
+@pytest.mark.asyncio
+async def test_head_and_headers(client: Any) -> None:
+    for url in ("/", "/api/now", "/static/dashboard.js", "/static/dashboard.css"):
+        response = await client.head(url)
+        assert response.status == 200, url
+    response = await client.get("/")
+    assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    page = await response.text()
+    assert "<script src=\"/static/dashboard.js\"" in page
+    assert re.search(r"<script(?![^>]*\ssrc=)", page) is None  # no inline script
+    assert " style=" not in page and "<style" not in page
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("host, status", [
+    ("evil.example", 403), ("evil.example:8765", 403), ("127.0.0.1.evil.example", 403),
+    ("localhost", 200), ("localhost:8765", 200), ("127.0.0.1:1", 200), ("[::1]:8765", 200),
+    ("dash.lan:8765", 200)])
+async def test_host_header_rules(make_client: Any, store: Store, host: str,
+                                 status: int) -> None:
+    client = await make_client(host="dash.lan")
+    response = await client.get("/api/now", headers={"Host": host})
+    assert response.status == status
+
+
+@pytest.mark.asyncio
+async def test_token(make_client: Any, store: Store) -> None:
+    client = await make_client(token="s3cret")
+    for url in ("/", "/api/now", "/api/stream", "/static/dashboard.js", "/healthz"):
+        assert (await client.get(url)).status == 401, url
+    bad = await client.get("/api/now", headers={"Authorization": "Bearer nope"})
+    assert bad.status == 401 and bad.headers["WWW-Authenticate"] == "Bearer"
+    assert (await client.get("/api/now?token=nope", allow_redirects=False)).status == 401
+    good = await client.get("/api/now", headers={"Authorization": "Bearer s3cret"})
+    assert good.status == 200
+    assert not client.session.cookie_jar.filter_cookies(client.make_url("/"))
+    once = await client.get("/events?batch=1&token=s3cret", allow_redirects=False)
+    assert once.status == 303 and once.headers["Location"] == "/events?batch=1"
+    cookie = once.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "s3cret" not in cookie
+    assert (await client.get("/api/now")).status == 200  # the cookie from now on
+    client.session.cookie_jar.clear()
+    assert (await client.get("/api/now")).status == 401
+
+
+# -- the live stream ------------------------------------------------------------------------------
+
+class SSE:
+    """A minimal Server-Sent Events reader over an aiohttp response."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+        self.comments: list[str] = []
+
+    async def next(self, timeout: float = 5.0) -> dict[str, str]:
+        fields: dict[str, str] = {}
+        while True:
+            line = (await asyncio.wait_for(self.response.content.readline(), timeout)).decode()
+            if line in ("\n", ""):
+                if line == "":
+                    raise EOFError("stream ended")
+                if "data" in fields:
+                    return fields
+                fields = {}
+                continue
+            line = line.rstrip("\n")
+            if line.startswith(":"):
+                self.comments.append(line)
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value[1:] if value.startswith(" ") else value
+
+    async def events(self, n: int) -> list[dict[str, Any]]:
+        messages = [await self.next() for _ in range(n)]
+        for m in messages:
+            assert set(m) == {"id", "data"}  # unnamed messages
+            assert json.loads(m["data"])["id"] == int(m["id"])
+        return [json.loads(m["data"]) for m in messages]
+
+
+@pytest.mark.asyncio
+async def test_stream_sends_new_events_then_resumes_after_last_event_id(
+        client: Any, store: Store, sprint: dict[str, Any]) -> None:
+    batch = sprint["batch"]
+    other = store.create_batch(1)
+    async with client.get(f"/api/stream?batch={batch}") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        stream = SSE(response)
+        await asyncio.sleep(0.2)  # connected: starts after the newest event
+        log_event(store, other, "elsewhere")
+        new = [log_event(store, batch, f"live {n}\nsecond line") for n in range(3)]
+        got = await stream.events(3)
+        assert [e["id"] for e in got] == new
+        assert got[0]["message"] == "live 0\nsecond line"
+    later = [log_event(store, batch, f"while away {n}") for n in range(2)]
+    async with client.get(f"/api/stream?batch={batch}",
+                          headers={"Last-Event-ID": str(new[0])}) as response:
+        got = await SSE(response).events(4)
+        assert [e["id"] for e in got] == new[1:] + later  # no gap, no duplicate
+    async with client.get("/api/stream?after=0") as response:
+        got = await SSE(response).events(3)
+        assert [e["id"] for e in got] == [1, 2, 3]
+
+
+@pytest.mark.asyncio
+async def test_stream_heartbeat(make_client: Any, store: Store) -> None:
+    client = await make_client(heartbeat=0.1)
+    async with client.get("/api/stream") as response:
+        stream = SSE(response)
+        deadline = time.monotonic() + 5
+        while not stream.comments:
+            assert time.monotonic() < deadline
+            line = await asyncio.wait_for(response.content.readline(), 5)
+            if line.startswith(b":"):
+                stream.comments.append(line.decode())
+        assert stream.comments[0].startswith(": heartbeat")
+    assert (await client.head("/api/stream")).status == 200
+
+
+# -- the pages ------------------------------------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_pages_escape_everything(client: Any, store: Store,
+                                       sprint: dict[str, Any]) -> None:
+    batch = sprint["batch"]
+    for message in XSS:
+        log_event(store, batch, message, story_key="<b>k</b>")
+    store.create_event(batch_id=batch, story_id=None, command_id=None, epic_id="",
+                       story_key="", command="", task_id="", status="info", message="p",
+                       event_type="x", payload={"html": "</pre><script>x()</script>",
+                                                "bidi": "\u202e"})
+    now_page = await (await client.get("/")).text()
+    events_page = await (await client.get(f"/events?batch={batch}")).text()
+    batch_page = await (await client.get(f"/batches/{batch}")).text()
+    for page in (now_page, events_page):
+        assert "<img" not in page and "</script><script>" not in page
+        assert "&lt;img src=x onerror=&quot;document.title=&#x27;pwned&#x27;&quot;&gt;" in page
+        assert "&lt;b&gt;k&lt;/b&gt;" in page
+    assert "&lt;/pre&gt;&lt;script&gt;x()&lt;/script&gt;" in events_page
+    assert "\u202e" not in events_page and "\\u202e" in events_page
+    assert "<pre>{\n  &quot;html&quot;" in events_page  # pretty-printed
+    assert "story &lt;file&gt; written" in batch_page
+
+
+@pytest.mark.asyncio
+async def test_now_page(client: Any, sprint: dict[str, Any]) -> None:
+    page = await (await client.get("/")).text()
+    assert f'data-batch-id="{sprint["batch"]}"' in page and "Running batch" in page
+    assert f'data-stream="/api/stream?batch={sprint["batch"]}&amp;after=' \
+           f'{sprint["events"][-1]}"' in page
+    for event in sprint["events"]:
+        assert f'data-event-id="{event}"' in page
+    assert "dev-story" in page and "docs" in page
+
+
+@pytest.mark.asyncio
+async def test_batches_and_events_pages(client: Any, store: Store,
+                                        sprint: dict[str, Any]) -> None:
+    page = await (await client.get("/batches?limit=1")).text()
+    assert f'href="/batches/{sprint["batch"]}"' in page and "older" in page
+    page = await (await client.get("/batches?limit=1&offset=1")).text()
+    assert f'href="/batches/{sprint["old"]}"' in page and "newer" in page
+    events = await (await client.get(f"/events?batch={sprint['batch']}&limit=2")).text()
+    assert events.count("<tr data-event-id=") == 2
+    cursor = re.search(r'id="next" href="([^"]+)"', events)
+    assert cursor is not None
+    more = await (await client.get(cursor.group(1).replace("&amp;", "&"))).text()
+    assert more.count("<tr data-event-id=") == 1
+    assert (await client.get("/batches/12345")).status == 404
+
+
+@pytest.mark.asyncio
+async def test_batch_timeline(client: Any, store: Store, sprint: dict[str, Any]) -> None:
+    for batch in (sprint["old"], sprint["batch"]):
+        page = await (await client.get(f"/batches/{batch}")).text()
+        rects = re.findall(r'<rect data-command-id="(\d+)"', page)
+        assert sorted(map(int, rects)) == [c["id"] for c in store.get_commands_by_batch(batch)]
+        assert page.count('class="lane"') == len(store.get_stories_by_batch(batch))
+    assert 'fill="#d64545"' in (await (await client.get(f"/batches/{sprint['old']}")).text())
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+def test_serve_refuses_a_public_host_without_a_token(capsys: pytest.CaptureFixture[str],
+                                                     store: Store, db_target: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPRINT_RUNNER_TOKEN", raising=False)
+    code, out, err = run_cli(capsys, "--db", db_target, "serve", "--host", "0.0.0.0")
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and "--token" in err
+
+
+def test_serve_without_aiohttp(capsys: pytest.CaptureFixture[str], store: Store,
+                               db_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "sprint_runner.web", None)
+    code, _, err = run_cli(capsys, "--db", db_target, "serve")
+    assert code == 1 and err.splitlines() == [
+        "sprint-runner-db: error: the dashboard needs aiohttp: "
+        "pip install 'sprint-runner[web]'"]
+
+
+@pytest.mark.sqlite_only
+def test_serve_never_creates_a_file(capsys: pytest.CaptureFixture[str],
+                                    tmp_path: Path) -> None:
+    path = tmp_path / "absent.db"
+    code, _, err = run_cli(capsys, "--db", str(path), "serve")
+    assert code == 1 and "no such database file" in err and not path.exists()
+
+
+def test_serve_serves(store: Store, db_target: str, unused_tcp_port: int) -> None:
+    sprint = fill(store)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "sprint_runner", "--db", db_target, "serve", "--port",
+         str(unused_tcp_port)], env=subprocess_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(
+                        f"http://127.0.0.1:{unused_tcp_port}/api/now", timeout=5) as answer:
+                    assert json.load(answer)["batch"]["id"] == sprint["batch"]
+                    break
+            except OSError:
+                assert child.poll() is None, child.communicate()
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        child.terminate()
+        out, err = child.communicate(timeout=30)
+    assert "read-only on http://127.0.0.1:" in out
+
+
+# -- a real browser ---------------------------------------------------------------------------------
+
+ARTIFACTS = ROOT / ".ci" / "artifacts"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+class ServerThread:
+    """The dashboard on a real port, in its own event loop on a background thread."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(app)
+        self.port = 0
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        assert ready.wait(30), "the server did not start"
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = self.runner.addresses[0][1]
+        ready.set()
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("the selenium package")
+    if missing:
+        message = f"no browser to test with: {', '.join(missing)} missing"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--window-size=1280,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.mark.heavy
+@pytest.mark.slow
+@pytest.mark.sqlite_only
+def test_in_a_real_browser(browser: Any, store: Store, db_target: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sprint = fill(store)
+    server = ServerThread(create_app(db_target))
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        browser.get(base + "/")
+        title = browser.title
+        batch = browser.find_element(By.ID, "batch")
+        assert batch.get_attribute("data-batch-id") == str(sprint["batch"])
+        assert "running" in batch.text
+        WebDriverWait(browser, 10).until(
+            lambda d: d.find_element(By.ID, "feed-status").text == "live")
+
+        def rows() -> dict[str, str]:
+            return {r.get_attribute("data-event-id"): r.text for r in
+                    browser.find_elements(By.CSS_SELECTOR, "#feed tbody tr")}
+
+        new = [log_event(store, sprint["batch"], f"from the test {n}") for n in range(3)]
+        started = time.monotonic()
+        WebDriverWait(browser, 2, poll_frequency=0.05).until(
+            lambda d: all(str(i) in rows() for i in new))
+        arrived = time.monotonic() - started
+        assert arrived < 2
+        hostile = [log_event(store, sprint["batch"], message) for message in XSS]
+        WebDriverWait(browser, 2, poll_frequency=0.05).until(
+            lambda d: all(str(i) in rows() for i in hostile))
+        shown = rows()
+        for event, message in zip(hostile, XSS):
+            assert message in shown[str(event)]  # as text
+        assert browser.find_elements(By.CSS_SELECTOR, "#feed img") == []
+        assert browser.find_elements(By.CSS_SELECTOR, "#feed script") == []
+        time.sleep(0.3)
+        assert browser.title == title and "pwned" not in browser.title
+        assert list(shown)[:5] == [str(i) for i in (hostile[::-1] + new[::-1])]
+        browser.save_screenshot(str(ARTIFACTS / "dashboard-now.png"))
+
+        for batch_id in (sprint["old"], sprint["batch"]):
+            browser.get(f"{base}/batches/{batch_id}")
+            rects = browser.find_elements(By.CSS_SELECTOR, "svg#timeline rect[data-command-id]")
+            assert sorted(int(r.get_attribute("data-command-id")) for r in rects) == \
+                [c["id"] for c in store.get_commands_by_batch(batch_id)]
+            browser.save_screenshot(str(ARTIFACTS / f"dashboard-batch-{batch_id}.png"))
+        browser.get(f"{base}/events?batch={sprint['batch']}")
+        assert browser.find_elements(By.CSS_SELECTOR, "#events img") == []
+        assert browser.title == "Events - sprint-runner"
+        browser.save_screenshot(str(ARTIFACTS / "dashboard-events.png"))
+        logs = [entry for entry in browser.get_log("browser")
+                if entry.get("level") == "SEVERE" and "favicon" not in entry.get("message", "")]
+        assert logs == []  # no CSP violation, no script error
+    finally:
+        server.stop()
+    (ARTIFACTS / "browser-timing.txt").write_text(
+        f"three events written to shown on the Now page: {arrived:.3f} s\n")
