@@ -67,7 +67,11 @@ BATCH_COLUMNS = ("id", "started_at", "ended_at", "max_cycles", "cycles_completed
                  "owner", "heartbeat_at")
 STORY_COLUMNS = ("id", "batch_id", "story_key", "epic_id", "status", "started_at", "ended_at")
 EVENT_COLUMNS = ("id", "batch_id", "story_id", "command_id", "timestamp", "epic_id",
-                 "story_key", "command", "task_id", "status", "message")
+                 "story_key", "command", "task_id", "status", "message", "event_type",
+                 "payload_json")
+"""What an event row holds, as the store returns it."""
+INSERTED_COLUMNS = EVENT_COLUMNS[1:11]
+"""What the old module's create_event writes (event_type and payload_json take defaults)."""
 
 _EV = ", ".join(EVENT_COLUMNS)
 SQL_BATCH = f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches WHERE id = ?"
@@ -77,7 +81,7 @@ SQL_NEWEST = f"SELECT {_EV} FROM events ORDER BY timestamp DESC, id DESC LIMIT ?
 SQL_BY_BATCH = f"SELECT {_EV} FROM events WHERE batch_id = ? ORDER BY timestamp, id"
 SQL_FIRST_PAGE = f"SELECT {_EV} FROM events ORDER BY id DESC LIMIT ?"
 SQL_NEXT_PAGE = f"SELECT {_EV} FROM events WHERE id < ? ORDER BY id DESC LIMIT ?"
-SQL_INSERT_EVENT = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS[1:])}) "
+SQL_INSERT_EVENT = (f"INSERT INTO events ({', '.join(INSERTED_COLUMNS)}) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
@@ -180,7 +184,7 @@ class Raw:
     def create_events_multirow(self, events: Sequence[Row]) -> int:
         """create_events with one multi-row INSERT per 1000 rows (executemany for the rest)."""
         now = int(time.time())
-        width = len(EVENT_COLUMNS) - 1
+        width = len(INSERTED_COLUMNS)
         size = min(1000, max_variables(self.conn) // width)
         sql = SQL_INSERT_EVENT + ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" * (size - 1)
         self.conn.execute("BEGIN IMMEDIATE")
@@ -308,7 +312,7 @@ class Alchemy:
         return rows[:PAGE], rows[PAGE - 1]["id"] if len(rows) > PAGE else None
 
     def create_event(self, *a: Any) -> int:
-        values = dict(zip(EVENT_COLUMNS[1:], (*a[:3], int(time.time()), *a[3:])))
+        values = dict(zip(INSERTED_COLUMNS, (*a[:3], int(time.time()), *a[3:])))
         with self.engine.begin() as conn:
             key = conn.execute(self.insert, values).inserted_primary_key
         assert key is not None
