@@ -31,10 +31,10 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -169,35 +169,11 @@ async def run(target: str, events: int, levels: Sequence[int], sqlite: bool
     return rows
 
 
-@contextmanager
-def server_database(url: str) -> Iterator[str]:
+def server_database(url: str) -> AbstractContextManager[str]:
     """Create the throwaway benchmark database on the server at ``url``; drop it after."""
-    parts = urlsplit(url)
-    if parts.scheme.lower().startswith("postgres"):
-        import psycopg2
+    import filters  # the benchmarks' one helper for throwaway server databases
 
-        admin = psycopg2.connect(dbname=parts.path.lstrip("/") or "postgres",
-                                 user=parts.username, password=parts.password,
-                                 host=parts.hostname, port=parts.port or 5432)
-        admin.autocommit = True
-        create, drop = f'CREATE DATABASE "{BENCH_DB}"', f'DROP DATABASE IF EXISTS "{BENCH_DB}"'
-    else:
-        import pymysql
-
-        admin = pymysql.connect(database=parts.path.lstrip("/") or "mysql",
-                                user=parts.username or "root", password=parts.password or "",
-                                host=parts.hostname, port=parts.port or 3306, autocommit=True)
-        create = f"CREATE DATABASE `{BENCH_DB}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-        drop = f"DROP DATABASE IF EXISTS `{BENCH_DB}`"
-    try:
-        with admin.cursor() as cur:
-            cur.execute(drop)
-            cur.execute(create)
-        yield urlunsplit((parts.scheme, parts.netloc, "/" + BENCH_DB, parts.query, ""))
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(drop)
-        admin.close()
+    return filters.server_database(url, BENCH_DB)
 
 
 def table(rows: list[tuple[str, int, dict[str, float]]]) -> str:

@@ -160,8 +160,9 @@ def timed_build(target: str, events: int) -> None:
 
 
 @contextmanager
-def server_database(url: str) -> Iterator[str]:
-    """Create the throwaway benchmark database on the server at ``url``; drop it after."""
+def server_database(url: str, name: str = BENCH_DB) -> Iterator[str]:
+    """Create the throwaway benchmark database ``name`` on the server at ``url``; drop it
+    after (the other benchmarks reuse this with their own name)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme.startswith("postgres"):
@@ -171,20 +172,20 @@ def server_database(url: str) -> Iterator[str]:
                                  user=parts.username, password=parts.password,
                                  host=parts.hostname, port=parts.port or 5432)
         admin.autocommit = True
-        create, drop = f'CREATE DATABASE "{BENCH_DB}"', f'DROP DATABASE IF EXISTS "{BENCH_DB}"'
+        create, drop = f'CREATE DATABASE "{name}"', f'DROP DATABASE IF EXISTS "{name}"'
     else:
         import pymysql
 
         admin = pymysql.connect(database=parts.path.lstrip("/") or "mysql",
                                 user=parts.username or "root", password=parts.password or "",
                                 host=parts.hostname, port=parts.port or 3306, autocommit=True)
-        create = f"CREATE DATABASE `{BENCH_DB}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-        drop = f"DROP DATABASE IF EXISTS `{BENCH_DB}`"
+        create = f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        drop = f"DROP DATABASE IF EXISTS `{name}`"
     try:
         with admin.cursor() as cur:
             cur.execute(drop)
             cur.execute(create)
-        yield urlunsplit((parts.scheme, parts.netloc, "/" + BENCH_DB, parts.query, ""))
+        yield urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
     finally:
         with admin.cursor() as cur:
             cur.execute(drop)

@@ -40,7 +40,7 @@ import filters  # noqa: E402 - the same table, its build and its server database
 
 from sprint_runner import Store  # noqa: E402
 
-filters.BENCH_DB = "sprint_runner_bench_tail"
+BENCH_DB = "sprint_runner_bench_tail"
 FULL_EVENTS, QUICK_EVENTS = 1_000_000, 50_000
 
 
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if events < filters.BATCHES * 1000:
         parser.error(f"--events must be at least {filters.BATCHES * 1000}")
     if args.db:
-        with filters.server_database(args.db) as url:
+        with filters.server_database(args.db, BENCH_DB) as url:
             filters.timed_build(url, events)
             store = Store(url, gap_timeout=5.0)
             try:
