@@ -46,6 +46,7 @@ from urllib.parse import urlsplit, urlunsplit
 if importlib.util.find_spec("sprint_runner") is None:  # a checkout, not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import peewee
+from bench import schema_signature  # the cache key of bench.py's files too
 
 import sprint_runner
 from sprint_runner import Store
@@ -118,22 +119,6 @@ def populate(store: Store, events: int) -> None:
         if not chunk:
             break
         store.create_events(chunk)
-
-
-def schema_signature() -> str:
-    """A short hash of the schema a fresh Store creates (keys the cached file)."""
-    import hashlib
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "schema.db")
-        Store(path).close()
-        conn = sqlite3.connect(path)
-        try:
-            ddl = sorted(r[0] for r in conn.execute(
-                "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"))
-        finally:
-            conn.close()
-    return hashlib.sha1(repr(ddl).encode()).hexdigest()[:10]
 
 
 def sqlite_file(events: int, cache_dir: str) -> str:
