@@ -226,6 +226,39 @@ def sqlite_pragmas(busy_timeout: float, synchronous: str) -> list[tuple[str, Any
     ]
 
 
+class ReadOnlySqliteDatabase(peewee.SqliteDatabase):
+    """A SQLite database whose every connection is opened ``mode=ro``: SQLite itself
+    refuses any write ("attempt to write a readonly database"), and ``query_only`` is set
+    on top. It never creates the file."""
+
+    read_only = True
+
+    def _connect(self) -> sqlite3.Connection:
+        uri = f"file:{pathname2url(os.path.abspath(self.database))}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=self._timeout,  # type: ignore[attr-defined]
+                               isolation_level=None, **self.connect_params)
+        try:
+            self._add_conn_hooks(conn)  # type: ignore[attr-defined]
+        except Exception:
+            conn.close()
+            raise
+        return conn
+
+
+def sqlite_readonly_pragmas(busy_timeout: float) -> list[tuple[str, Any]]:
+    """Return the pragmas of a read-only SQLite connection: none that writes the file
+    (journal mode and size are the writers' business)."""
+    return [("query_only", 1), ("foreign_keys", 1), ("busy_timeout", int(busy_timeout * 1000)),
+            ("cache_size", -SQLITE_CACHE_KIB)]
+
+
+# What makes a server session read-only, per backend: the server refuses every write.
+_READ_ONLY_SESSION: dict[str, tuple[str, str]] = {
+    "postgresql": ("options", "-c default_transaction_read_only=on"),
+    "mysql": ("init_command", "SET SESSION TRANSACTION READ ONLY"),
+}
+
+
 def connect_sqlite_readonly(path: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
                             ) -> sqlite3.Connection:
     """Open a plain read-only connection to the SQLite file ``path`` (no pragma applied).
@@ -452,7 +485,8 @@ def _check_sqlite_path(path: str) -> None:
 
 def open_database(target: str | os.PathLike[str] | peewee.Database, *,
                   busy_timeout: float = DEFAULT_BUSY_TIMEOUT, synchronous: str = "NORMAL",
-                  pool_size: int = DEFAULT_POOL_SIZE) -> peewee.Database:
+                  pool_size: int = DEFAULT_POOL_SIZE, read_only: bool = False
+                  ) -> peewee.Database:
     """Return a configured, not yet connected peewee database for ``target``.
 
     ``target`` is a peewee ``Database`` (used as given, with foreign keys switched
@@ -463,9 +497,17 @@ def open_database(target: str | os.PathLike[str] | peewee.Database, *,
     foreign keys and a ``busy_timeout`` in seconds on every connection. A server URL's
     query may hold only its backend's TLS and timeout options (``_URL_OPTIONS``); a
     ``sqlite:`` URL none. Bad input raises ``ValueError`` with any password masked.
+    With ``read_only``, every connection is one the database itself keeps from writing
+    (SQLite ``mode=ro``; a read-only session on the servers), and a SQLite file that
+    does not exist is ``FileNotFoundError``; a peewee ``Database`` cannot be made so.
     """
     level = _check_options(busy_timeout, synchronous, pool_size)
+    if not isinstance(read_only, bool):
+        raise TypeError(f"read_only must be a bool, not {read_only!r}")
     if isinstance(target, peewee.Database):
+        if read_only:
+            raise ValueError("read_only needs a path or URL: a peewee Database given "
+                             "is used as configured")
         if target.deferred:
             raise ValueError("the peewee database given is not initialised (deferred)")
         backend_of(target)
@@ -498,6 +540,9 @@ def open_database(target: str | os.PathLike[str] | peewee.Database, *,
         else:
             name, params = _server_params(url, backend)
             _require_driver(backend)
+            if read_only:
+                key, value = _READ_ONLY_SESSION[backend]
+                params[key] = value
             pool = {"max_connections": pool_size, "stale_timeout": 300,
                     "timeout": max(busy_timeout, 1)}
             if backend == "postgresql":
@@ -514,6 +559,12 @@ def open_database(target: str | os.PathLike[str] | peewee.Database, *,
             return cast(peewee.Database, PooledMySQLDatabase(
                 name, field_types={"TEXT": "LONGTEXT"}, charset="utf8mb4", **pool, **params))
     _check_sqlite_path(target)
+    if read_only:
+        if not os.path.isfile(target):
+            raise FileNotFoundError(f"{_printable(target)}: no such database file (a "
+                                    "read-only store never creates one)")
+        return ReadOnlySqliteDatabase(target, pragmas=sqlite_readonly_pragmas(busy_timeout),
+                                      timeout=busy_timeout)
     return peewee.SqliteDatabase(
         target, pragmas=sqlite_pragmas(busy_timeout, level), timeout=busy_timeout
     )

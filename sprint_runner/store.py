@@ -110,7 +110,10 @@ class Store:
     :func:`system_clock_ms`, read at call time). ``gap_timeout`` bounds, in seconds,
     how long ``tail_events`` waits at an id that may never commit (see there). A SQLite
     file named by path or URL that holds another program's tables (none of ours) is
-    refused with :class:`SchemaError` unless ``adopt_foreign``. Safe to
+    refused with :class:`SchemaError` unless ``adopt_foreign``. With ``read_only``, the
+    database itself refuses every write (SQLite ``mode=ro``, a read-only session on the
+    servers): nothing is created or migrated, a missing file is ``FileNotFoundError``
+    and one that needs migrations is :class:`SchemaError`. Safe to
     share between threads: SQLite gets one connection per thread, server backends a
     bounded pool.
     """
@@ -118,13 +121,15 @@ class Store:
     database: peewee.Database
     clock: Clock
     time_unit: str
+    read_only: bool
 
     def __init__(self, database: str | os.PathLike[str] | peewee.Database,
                  clock: Clock | None = None, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
                  synchronous: str = "NORMAL", pool_size: int = DEFAULT_POOL_SIZE,
                  lock_retries: int = DEFAULT_LOCK_RETRIES, migrate: bool = True,
                  time_unit: str | None = None, default_time_unit: str = "s",
-                 gap_timeout: float = DEFAULT_GAP_TIMEOUT, adopt_foreign: bool = False) -> None:
+                 gap_timeout: float = DEFAULT_GAP_TIMEOUT, adopt_foreign: bool = False,
+                 read_only: bool = False) -> None:
         gap_timeout = check_gap_timeout(gap_timeout)
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a callable returning the time, not {clock!r}")
@@ -132,7 +137,8 @@ class Store:
         self._new_time_unit = requested or check_time_unit("default_time_unit",
                                                            default_time_unit)
         db = open_database(database, busy_timeout=busy_timeout, synchronous=synchronous,
-                           pool_size=pool_size)
+                           pool_size=pool_size, read_only=read_only)
+        self.read_only = read_only
         look = None
         if isinstance(db, peewee.SqliteDatabase):
             # Before the first connection applies any pragma: a refused file stays untouched.
@@ -148,6 +154,14 @@ class Store:
         if look is None:
             look = migrations.read_state(db, self.location)
         self._use_time_unit(look.time_unit, requested, clock)
+        if read_only:
+            migrate = False
+            pending = self.pending_migrations()
+            if pending:
+                raise SchemaError(
+                    f"{self.location} needs {len(pending)} schema migration(s) "
+                    f"({', '.join(str(v) for v, _ in pending)}); a read-only store never "
+                    "migrates: run `sprint-runner-db migrate` first")
         # The migration versions this store applied when it opened (for messages).
         self.applied_migrations: list[int] = self.migrate() if migrate else []
         if migrate:
@@ -190,6 +204,9 @@ class Store:
 
     def migrate(self) -> list[int]:
         """Apply pending schema migrations; return the versions applied (may be empty)."""
+        if self.read_only:
+            raise SchemaError(f"{self.location} is open read-only: a read-only store never "
+                              "migrates")
         return migrations.migrate(self._executor, self._now, self._new_time_unit)
 
     def schema_version(self) -> int:

@@ -157,17 +157,12 @@ def test_a_small_time_range_is_paged_from_its_index(big_store: Store, bound: str
                   if ("since" not in values or e["timestamp"] >= values["since"])
                   and ("until" not in values or e["timestamp"] < values["until"])]
     calls: list[str] = []
-    real = big_store._executor.fetchall
-
-    def spy(sql: str, params: object = ()) -> object:
-        calls.append(sql)
-        return real(sql, params)
-
-    big_store._executor.fetchall = spy  # type: ignore[method-assign]
+    conn = big_store._executor.connect()
+    conn.set_trace_callback(calls.append)  # every statement SQLite runs, whatever the path
     try:
         page = big_store.page_events(batch_id=batch, limit=100, **values)
     finally:
-        del big_store._executor.fetchall
+        conn.set_trace_callback(None)
     assert [e["id"] for e in page["events"]] == sorted((e["id"] for e in everything),
                                                        reverse=True)[:100]
     assert everything and len(calls) == 2 and "INNER JOIN" in calls[1], calls

@@ -113,10 +113,10 @@ def create_app(target: str | os.PathLike[str] | Store, *, token: str | None = No
     """Return the dashboard over ``target``: a SQLite path, a URL, or a SQLite ``Store``
     (a server database must be given by its URL string).
 
-    The database is opened read-only in spirit when the application starts: a SQLite
-    file must exist and be up to date (checked here and again at start-up, on a
-    read-only connection), no migration is ever run and no write method is ever
-    called. Only GET and HEAD are served (405 otherwise). Requests whose Host header
+    The database is opened read-only when the application starts (``Store(read_only=
+    True)``: SQLite ``mode=ro``, a read-only session on the servers), so the database
+    itself refuses any write; a SQLite file must exist and be up to date (checked here
+    and again at start-up), and no migration is ever run. Only GET and HEAD are served (405 otherwise). Requests whose Host header
     names neither a loopback host nor ``host`` get 403 (DNS rebinding). With
     ``token``, every request needs ``Authorization: Bearer <token>`` or the HttpOnly
     cookie that ``?token=<token>`` sets once.
@@ -132,10 +132,11 @@ def create_app(target: str | os.PathLike[str] | Store, *, token: str | None = No
 
     async def store_context(app: web.Application) -> AsyncIterator[None]:
         _check_sqlite(where)
-        store = AsyncStore(where, clock, migrate=False, readers=readers)
+        # read_only: the database refuses every write on the app's connections, and a
+        # database that needs migrations is refused (SchemaError) instead of migrated.
+        store = AsyncStore(where, clock, read_only=True, readers=readers)
         await store.open()
         try:
-            _refuse_pending(store.location, await store.pending_migrations())
             app[STORE] = store
             yield
         finally:
