@@ -130,3 +130,25 @@ async def test_an_async_read_only_store_reads_and_refuses_writes(store: Store, d
         with pytest.raises(peewee.DatabaseError):
             await reader.run_in_transaction(lambda s: s.create_batch(2))
     assert store.count_events() == 1 and len(store.list_batches()) == 1
+
+
+@pytest.mark.asyncio
+async def test_the_dashboards_connections_refuse_writes(store: Store, db_target: str,
+                                                        batch: int) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from sprint_runner.web.app import STORE, create_app
+
+    log_event(store, batch, "shown")
+    before = store.table_counts()
+    app = create_app(db_target)
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get("/api/now")).status == 200
+        dashboard = app[STORE]
+        assert dashboard.store.read_only
+        with pytest.raises(peewee.DatabaseError):
+            await dashboard.create_event(batch, None, None, "e", "k", "c", "t", "ok", "x")
+        with pytest.raises(peewee.DatabaseError):
+            await dashboard.run_in_transaction(
+                lambda s: s.database.execute_sql("DELETE FROM events"))
+    assert store.table_counts() == before
