@@ -890,15 +890,26 @@ def test_serve_serves(store: Store, db_target: str, unused_tcp_port: int) -> Non
 
 ARTIFACTS = ROOT / ".ci" / "artifacts"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+BROWSER_TZ = "Asia/Kathmandu"
+
+
+def local_text(timestamp: int) -> str:
+    """``timestamp`` (seconds) as the browser should show it, in ``BROWSER_TZ``."""
+    import datetime
+    import zoneinfo
+
+    return datetime.datetime.fromtimestamp(timestamp, zoneinfo.ZoneInfo(BROWSER_TZ)).strftime(
+        "%Y-%m-%d %H:%M:%S")
 
 
 class ServerThread:
-    """The dashboard on a real port, in its own event loop on a background thread."""
+    """The dashboard on a real port (``port``, else any free one), in its own event loop
+    on a background thread."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, port: int = 0) -> None:
         self.loop = asyncio.new_event_loop()
         self.runner = web.AppRunner(app)
-        self.port = 0
+        self.port = port
         ready = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
         self.thread.start()
@@ -907,7 +918,7 @@ class ServerThread:
     def _run(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
         self.loop.run_until_complete(site.start())
         self.port = self.runner.addresses[0][1]
         ready.set()
@@ -938,7 +949,10 @@ def browser() -> Iterator[Any]:
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                      "--disable-gpu", "--window-size=1280,1000"):
         options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    # A zone far from UTC and from this machine's, at a quarter-hour offset: local times
+    # must be the browser's own, whatever the server's zone.
+    service = Service(CHROMEDRIVER, env={**os.environ, "TZ": BROWSER_TZ})
+    driver = webdriver.Chrome(service=service, options=options)
     try:
         yield driver
     finally:
@@ -948,36 +962,86 @@ def browser() -> Iterator[Any]:
 @pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.sqlite_only
-def test_in_a_real_browser(browser: Any, store: Store, db_target: str) -> None:
+def test_in_a_real_browser(browser: Any, store: Store, db_target: str,
+                           clock: FakeClock) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    def wait(condition: Any, timeout: float = 2.0) -> None:
+        WebDriverWait(browser, timeout, poll_frequency=0.05).until(lambda d: condition())
+
+    def css(selector: str) -> Any:
+        return browser.find_element(By.CSS_SELECTOR, selector)
+
+    def feed_ids() -> list[str]:
+        return [r.get_attribute("data-event-id") for r in
+                browser.find_elements(By.CSS_SELECTOR, "#feed tbody tr")]
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     sprint = fill(store)
-    server = ServerThread(create_app(db_target))
+    s1 = sprint["stories"][0]
+    servers = [ServerThread(create_app(db_target, clock=clock))]
     try:
-        base = f"http://127.0.0.1:{server.port}"
+        base = f"http://127.0.0.1:{servers[0].port}"
         browser.get(base + "/")
         title = browser.title
         batch = browser.find_element(By.ID, "batch")
         assert batch.get_attribute("data-batch-id") == str(sprint["batch"])
         assert "running" in batch.text
-        WebDriverWait(browser, 10).until(
-            lambda d: d.find_element(By.ID, "feed-status").text == "live")
+        wait(lambda: css("#feed-status").text == "live", 10)
+
+        # Times in the browser's zone, not UTC, not the server's.
+        started = css("#batch dd.started time")
+        assert started.get_attribute("datetime") == time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.now))
+        assert started.text == local_text(clock.now)
+        assert started.get_attribute("title") == time.strftime(
+            "%Y-%m-%d %H:%M:%SZ", time.gmtime(clock.now))
 
         def rows() -> dict[str, str]:
             return {r.get_attribute("data-event-id"): r.text for r in
                     browser.find_elements(By.CSS_SELECTOR, "#feed tbody tr")}
 
+        clock.advance(3600)
         new = [log_event(store, sprint["batch"], f"from the test {n}") for n in range(3)]
-        started = time.monotonic()
-        WebDriverWait(browser, 2, poll_frequency=0.05).until(
-            lambda d: all(str(i) in rows() for i in new))
-        arrived = time.monotonic() - started
+        started_at = time.monotonic()
+        wait(lambda: all(str(i) in rows() for i in new))
+        arrived = time.monotonic() - started_at
         assert arrived < 2
+        live_time = css(f'#feed tr[data-event-id="{new[-1]}"] time')
+        assert live_time.text == local_text(clock.now)  # rows from the stream too
+
+        # Batch and story changes reach the open page (named messages), no reload.
+        marker = browser.execute_script("window.notReloaded = 1; return window.notReloaded;")
+        changed_at = time.monotonic()
+        store.update_batch(sprint["batch"], cycles_completed=2)
+        store.update_story(s1, status="done")
+        later = store.create_command(s1, "code-review", "review")
+        wait(lambda: css("#batch dd.cycles").text == "2 of 4")
+        wait(lambda: "done" in css("#stories-by-status").text)
+        wait(lambda: str(later) in css("#running-commands").text)
+        updated = time.monotonic() - changed_at
+        assert updated < 2
+        assert browser.execute_script("return window.notReloaded;") == marker
+        for _ in range(3):
+            store.update_command(store.create_command(s1, "dev-story", "t"), status="failed")
+        wait(lambda: css("#blocked-stories li.blocked").text == "3a-1")
+
+        # The heartbeat's age counts on in the browser; past stale_after it warns.
+        store.heartbeat(sprint["batch"])  # fresh (the clock moved an hour above)
+        wait(lambda: css("#heartbeat-age .age").text in ("0 s ago", "1 s ago"), 3)
+        assert "stale" not in (css("#heartbeat-age").get_attribute("class") or "")
+        assert not css("#heartbeat-age .warning").is_displayed()
+        first = css("#heartbeat-age .age").text
+        wait(lambda: css("#heartbeat-age .age").text != first, 3)
+        clock.advance(700)
+        store.update_batch(sprint["batch"], cycles_completed=3)  # a message: age 700 s
+        wait(lambda: "stale" in (css("#heartbeat-age").get_attribute("class") or ""), 3)
+        assert "11 min ago" in css("#heartbeat-age").text
+        assert css("#heartbeat-age .warning").is_displayed()
+
         hostile = [log_event(store, sprint["batch"], message) for message in XSS]
-        WebDriverWait(browser, 2, poll_frequency=0.05).until(
-            lambda d: all(str(i) in rows() for i in hostile))
+        wait(lambda: all(str(i) in rows() for i in hostile))
         shown = rows()
         for event, message in zip(hostile, XSS):
             assert message in shown[str(event)]  # as text
@@ -988,20 +1052,50 @@ def test_in_a_real_browser(browser: Any, store: Store, db_target: str) -> None:
         assert list(shown)[:5] == [str(i) for i in (hostile[::-1] + new[::-1])]
         browser.save_screenshot(str(ARTIFACTS / "dashboard-now.png"))
 
+        # The server goes away and comes back on the same port: the EventSource resumes
+        # after its Last-Event-ID, no gap, no duplicate.
+        before = feed_ids()
+        port = servers[0].port
+        servers.pop().stop()
+        wait(lambda: css("#feed-status").text == "reconnecting", 5)
+        while_down = [log_event(store, sprint["batch"], f"while down {n}") for n in range(3)]
+        servers.append(ServerThread(create_app(db_target, clock=clock), port=port))
+        after_restart = [log_event(store, sprint["batch"], f"after restart {n}")
+                         for n in range(2)]
+        written = {str(i) for i in while_down + after_restart}
+        wait(lambda: written <= set(feed_ids()), 15)
+        time.sleep(0.5)
+        ids = feed_ids()
+        assert len(ids) == len(set(ids))  # each once
+        assert set(ids) == set(before) | written
+        assert ids[:5] == [str(i) for i in (while_down + after_restart)[::-1]]
+        assert css("#feed-status").text == "live"
+
         for batch_id in (sprint["old"], sprint["batch"]):
             browser.get(f"{base}/batches/{batch_id}")
             rects = browser.find_elements(By.CSS_SELECTOR, "svg#timeline rect[data-command-id]")
             assert sorted(int(r.get_attribute("data-command-id")) for r in rects) == \
                 [c["id"] for c in store.get_commands_by_batch(batch_id)]
+            failed = browser.find_elements(By.CSS_SELECTOR, "svg#timeline rect.failed")
+            assert len(failed) == len(store.get_commands_by_batch(batch_id, "failed"))
+            assert browser.find_elements(By.CSS_SELECTOR, "svg#events-per-minute rect.minute")
+            axis = css("svg#events-per-minute text.axis")
+            assert axis.text == local_text(int(axis.get_attribute("data-ts")))
             browser.save_screenshot(str(ARTIFACTS / f"dashboard-batch-{batch_id}.png"))
+        bar = css("svg#timeline rect[data-running]")
+        width = float(bar.get_attribute("width"))
+        wait(lambda: float(bar.get_attribute("width")) > width, 3)  # it grows
         browser.get(f"{base}/events?batch={sprint['batch']}")
         assert browser.find_elements(By.CSS_SELECTOR, "#events img") == []
         assert browser.title == "Events - sprint-runner"
         browser.save_screenshot(str(ARTIFACTS / "dashboard-events.png"))
         logs = [entry for entry in browser.get_log("browser")
-                if entry.get("level") == "SEVERE" and "favicon" not in entry.get("message", "")]
+                if entry.get("level") == "SEVERE" and "favicon" not in entry.get("message", "")
+                and "/api/stream" not in entry.get("message", "")]  # the restart's refusals
         assert logs == []  # no CSP violation, no script error
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
     (ARTIFACTS / "browser-timing.txt").write_text(
-        f"three events written to shown on the Now page: {arrived:.3f} s\n")
+        f"three events written to shown on the Now page: {arrived:.3f} s\n"
+        f"a batch and a story change to shown on the Now page: {updated:.3f} s\n")
