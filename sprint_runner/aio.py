@@ -69,7 +69,7 @@ READS = ("schema_version", "pending_migrations", "get_batch", "get_active_batch"
          "count_batches", "batch_summary", "get_story", "get_story_by_key",
          "get_stories_by_batch", "check_story_blocked", "get_commands_by_story",
          "get_commands_by_batch", "get_events", "get_events_by_batch", "page_events",
-         "tail_events", "count_events", "get_pending_background_tasks",
+         "tail_events", "count_events", "events_per_minute", "get_pending_background_tasks",
          "get_background_tasks_by_batch", "find_stale_batches", "table_counts",
          "integrity_check", "storage_info")
 """The methods run on the reader threads. Any other public method of ``Store`` (a

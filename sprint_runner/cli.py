@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import functools
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ import shlex
 import sqlite3
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any, NamedTuple, NoReturn
@@ -1087,7 +1089,15 @@ _WEB_MISSING = "the dashboard needs aiohttp: pip install 'sprint-runner[web]'"
                   help="the port to listen on (default: 8765)"),
           _option("--token", metavar="T",
                   help="require this token: 'Authorization: Bearer T', or open ?token=T "
-                       "once (default: $SPRINT_RUNNER_TOKEN)"))
+                       "once (default: $SPRINT_RUNNER_TOKEN)"),
+          _option("--allow-host", metavar="NAME", action="append", default=[],
+                  dest="allow_hosts",
+                  help="also answer requests whose Host header names NAME (a name, or "
+                       "name:port as clients send it; repeatable; loopback names and "
+                       "--host always are)"),
+          _stale_after("show a running batch silent for this long as stale (default: 10m)"),
+          _option("--open", action="store_true",
+                  help="open the dashboard in the default web browser once it listens"))
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         from aiohttp import web as aiohttp_web
@@ -1103,13 +1113,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     look = _first_look(database)  # never creates a file; read-only look
     if look is not None:
         _refuse_outdated(describe(database), look)
-    app = web.create_app(_target(args), token=token, host=args.host)
+    app = web.create_app(_target(args), token=token, host=args.host,
+                         allow_hosts=args.allow_hosts, stale_after=args.stale_after)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    _say(f"serving {describe(database)} read-only on http://{shown}:{args.port}/ "
-         f"(Ctrl-C stops)")
+    url = f"http://{shown}:{args.port}/"
+    _say(f"serving {describe(database)} read-only on {url} (Ctrl-C stops)")
+    if args.open:
+        # With a token, the first page sets the cookie (and redirects to drop the token).
+        target = url + ("?" + urllib.parse.urlencode({"token": token}) if token else "")
+        app.on_startup.append(functools.partial(_open_browser, target))
     aiohttp_web.run_app(app, host=args.host, port=args.port, print=None,
                         handle_signals=True)
     return 0
+
+
+async def _open_browser(url: str, app: Any) -> None:
+    """Open ``url`` in the default browser, off the event loop (it may take a while)."""
+    import asyncio
+    import webbrowser
+
+    await asyncio.get_running_loop().run_in_executor(None, webbrowser.open, url)
 
 
 # -- the parser -------------------------------------------------------------------------------

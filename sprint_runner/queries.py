@@ -120,6 +120,21 @@ class Statements:
                                        .where(before.id == edge.id - Fixed(1))))
             .order_by(edge.id).limit(Slot("limit")), ("first", "last"),
             expect=("after", "after", "after", "top", "limit"))
+        # Events per minute of one batch: each timestamp floored to its minute (``width``
+        # is a minute in the store's unit), counted per minute, on the (batch, timestamp)
+        # index alone. Peewee's ``%`` means LIKE, hence the operator spelled out (doubled
+        # where the driver's paramstyle is ``%s``); the subquery keeps the expression's
+        # parameter out of GROUP BY (PostgreSQL would not match two bound copies).
+        modulo = "%%" if database.param == "%s" else "%"
+        floored = (Event.timestamp
+                   - peewee.Expression(Event.timestamp, modulo, Slot("width"))).alias("minute")
+        minutes = (Event.select(floored).where(Event.batch == Slot("batch_id"))
+                   .alias("minutes"))
+        self.events_per_minute = c(
+            peewee.Select([minutes], [minutes.c.minute, peewee.fn.COUNT(peewee.SQL("*"))
+                                      .alias("events")])
+            .group_by(minutes.c.minute).order_by(minutes.c.minute), ("minute", "events"),
+            expect=("width", "batch_id"))
         # The rows of one gap now committed (a server's executor makes it a locking read).
         self.tail_gap_rows = c(
             Event.select(Event.id).where((Event.id >= Slot("first")) & (Event.id <= Slot("last")))

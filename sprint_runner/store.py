@@ -517,6 +517,14 @@ class Store:
 
         return self._tail.settle(read(), after_id, read)
 
+    def events_per_minute(self, batch_id: int) -> list[tuple[int, int]]:
+        """Return ``(minute_start, count)`` for each minute holding events of the batch,
+        oldest first (``minute_start`` in the store's unit, a multiple of one minute)."""
+        check_int("batch_id", batch_id)
+        rows = self._executor.all(self._statements.events_per_minute,
+                                  (60 * self._per_second, batch_id))
+        return [(int(r["minute"]), int(r["events"])) for r in rows]
+
     def count_events(self, *, batch_id: int | None = None, story_key: str | None = None,
                      command: str | None = None, status: str | None = None,
                      since: int | None = None, until: int | None = None,

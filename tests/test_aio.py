@@ -66,6 +66,7 @@ def _read_calls(batch: int, story: int, blocked: int, command_status: str) -> di
         "get_events": ((7, 2), {}), "get_events_by_batch": ((batch,), {}),
         "page_events": ((), {"limit": 4, "batch_id": batch, "newest_first": False}),
         "tail_events": ((3,), {"limit": 5}), "count_events": ((), {"status": "failed"}),
+        "events_per_minute": ((batch,), {}),
         "get_pending_background_tasks": ((batch,), {}),
         "get_background_tasks_by_batch": ((batch,), {}),
         "find_stale_batches": ((0,), {}), "table_counts": ((), {}),

@@ -1,6 +1,9 @@
 """Events: logging, newest-first listing with offset, per-batch history."""
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from conftest import log_event
 
 from sprint_runner import Store
@@ -82,3 +85,23 @@ def test_unicode_and_large_text_round_trip(store: Store, batch: int) -> None:
     assert row["id"] == event_id
     assert row["message"] == message
     assert (row["epic_id"], row["story_key"]) == ("épique", "2a-1✓")
+
+
+@pytest.mark.parametrize("unit", ["s", "ms"])
+def test_events_per_minute(make_store: Any, unit: str) -> None:
+    """Counts per minute of one batch, minutes floored in the store's unit."""
+    now = [1_700_000_000 * (1000 if unit == "ms" else 1)]  # a minute boundary + 20 s
+    store = make_store(clock=lambda: now[0], time_unit=unit)
+    per_second = 1000 if unit == "ms" else 1
+    batch, other = store.create_batch(1), store.create_batch(1)
+    minute = now[0] - now[0] % (60 * per_second)
+    for offset, target in ((0, batch), (30, batch), (39, batch), (40, batch), (41, other),
+                           (200, batch)):
+        now[0] = minute + 20 * per_second + offset * per_second
+        log_event(store, target, f"at +{offset}")
+    assert store.events_per_minute(batch) == [
+        (minute, 3), (minute + 60 * per_second, 1), (minute + 180 * per_second, 1)]
+    assert store.events_per_minute(other) == [(minute + 60 * per_second, 1)]
+    assert store.events_per_minute(999) == []
+    with pytest.raises(TypeError):
+        store.events_per_minute("1")

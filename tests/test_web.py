@@ -22,7 +22,16 @@ aiohttp = pytest.importorskip("aiohttp")
 
 from aiohttp import web  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
-from conftest import BACKEND, IN_CI, ROOT, FakeClock, log_event, run_cli, subprocess_env  # noqa: E402
+from conftest import (  # noqa: E402
+    BACKEND,
+    IN_CI,
+    ROOT,
+    FakeClock,
+    ServerSession,
+    log_event,
+    run_cli,
+    subprocess_env,
+)
 
 from sprint_runner import Store  # noqa: E402
 from sprint_runner.demo import simulate_sprint  # noqa: E402
@@ -298,6 +307,47 @@ async def test_healthz_and_metrics(client: Any, store: Store, clock: FakeClock,
     assert values[f'sprint_runner_heartbeat_age_seconds{{batch="{sprint["batch"]}"}}'] == "42"
 
 
+@pytest.mark.asyncio
+async def test_metrics_events_last_minute_and_database_size(client: Any, store: Store,
+                                                            clock: FakeClock) -> None:
+    async def values() -> dict[str, str]:
+        text = await (await client.get("/metrics")).text()
+        return dict(line.rsplit(" ", 1) for line in text.splitlines()
+                    if not line.startswith("#"))
+
+    batch = store.create_batch(1)
+    log_event(store, batch, "old")
+    clock.advance(61)
+    for n in range(3):
+        log_event(store, batch, f"recent {n}")
+    clock.advance(59)
+    got = await values()
+    assert got["sprint_runner_events"] == "4" and got["sprint_runner_events_last_minute"] == "3"
+    if BACKEND == "sqlite":
+        info = store.storage_info()
+        assert int(got["sprint_runner_database_bytes"]) == info["file_bytes"] + info["wal_bytes"]
+        assert int(got["sprint_runner_database_bytes"]) > 0
+    else:  # the store reports no size for a server database
+        assert "sprint_runner_database_bytes" not in got
+    clock.advance(2)
+    assert (await values())["sprint_runner_events_last_minute"] == "0"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("host, status", [
+    ("dash.lan", 200), ("DASH.LAN:8765", 200), ("other.lan:1", 200), ("box", 200),
+    ("evil.example", 403), ("dash.lan.evil.example", 403)])
+async def test_allow_hosts(make_client: Any, store: Store, host: str, status: int) -> None:
+    client = await make_client(allow_hosts=["dash.lan", "other.lan:8765", "[box]"])
+    response = await client.get("/api/now", headers={"Host": host})
+    assert response.status == status
+
+
+def test_allow_hosts_is_a_list(db_target: str, store: Store) -> None:
+    with pytest.raises(TypeError, match="allow_hosts"):
+        create_app(db_target, allow_hosts="dash.lan")
+
+
 # -- methods, hosts, tokens, headers ----------------------------------------------------------------
 
 @pytest.mark.asyncio
@@ -363,6 +413,7 @@ class SSE:
     def __init__(self, response: Any) -> None:
         self.response = response
         self.comments: list[str] = []
+        self.named: list[dict[str, str]] = []
 
     async def next(self, timeout: float = 5.0) -> dict[str, str]:
         fields: dict[str, str] = {}
@@ -383,11 +434,27 @@ class SSE:
             fields[name] = value[1:] if value.startswith(" ") else value
 
     async def events(self, n: int) -> list[dict[str, Any]]:
-        messages = [await self.next() for _ in range(n)]
+        """The next ``n`` unnamed messages (events); named ones go to ``self.named``."""
+        messages: list[dict[str, str]] = []
+        while len(messages) < n:
+            m = await self.next()
+            if "event" in m:
+                self.named.append(m)
+                continue
+            messages.append(m)
         for m in messages:
             assert set(m) == {"id", "data"}  # unnamed messages
             assert json.loads(m["data"])["id"] == int(m["id"])
         return [json.loads(m["data"]) for m in messages]
+
+    async def named_message(self, name: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The data of the next named message ``name`` (events and others skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = await self.next(max(deadline - time.monotonic(), 0.01))
+            if m.get("event") == name:
+                assert set(m) == {"event", "data"}  # no id: line
+                return json.loads(m["data"])  # type: ignore[no-any-return]
 
 
 @pytest.mark.asyncio
@@ -428,6 +495,118 @@ async def test_stream_heartbeat(make_client: Any, store: Store) -> None:
                 stream.comments.append(line.decode())
         assert stream.comments[0].startswith(": heartbeat")
     assert (await client.head("/api/stream")).status == 200
+
+
+@pytest.mark.asyncio
+async def test_stream_sends_batch_changes_as_named_messages(
+        make_client: Any, store: Store, clock: FakeClock, sprint: dict[str, Any]) -> None:
+    batch, (s1, s2) = sprint["batch"], sprint["stories"]
+    client = await make_client(update_interval=0.1)
+    async with client.get(f"/api/stream?batch={batch}") as response:
+        stream = SSE(response)
+        first = await stream.named_message("batch")  # every part once at connect
+        assert first["id"] == batch and first["cycles_completed"] == 0
+        assert first["running"] is True and first["stale"] is False
+        assert (await stream.named_message("stories"))["by_status"] == [["in-progress", 2]]
+        commands = await stream.named_message("commands")
+        assert [c["id"] for c in commands["running"]] == [sprint["commands"][1]]
+        assert commands["running"][0]["story_key"] == "3a-2"
+        await stream.named_message("tasks")
+        clock.advance(5)
+        store.update_batch(batch, cycles_completed=1)
+        store.update_story(s1, status="done")
+        changed = await stream.named_message("batch", timeout=2)
+        assert changed["cycles_completed"] == 1 and changed["id"] == batch
+        stories = await stream.named_message("stories", timeout=2)
+        assert stories["by_status"] == [["done", 1], ["in-progress", 1]]
+        for _ in range(3):  # a failing story shows as blocked
+            store.update_command(store.create_command(s2, "dev-story", "t"), status="failed")
+        blocked = await stream.named_message("stories", timeout=2)
+        assert blocked["blocked"] == ["3a-2"]
+        event = log_event(store, batch, "still an event")
+        assert [e["id"] for e in await stream.events(1)] == [event]  # unnamed, with id:
+
+
+@pytest.mark.asyncio
+async def test_stream_named_messages_only_on_change(make_client: Any, store: Store,
+                                                    clock: FakeClock,
+                                                    sprint: dict[str, Any]) -> None:
+    client = await make_client(update_interval=0.05)
+    async with client.get(f"/api/stream?batch={sprint['batch']}") as response:
+        stream = SSE(response)
+        for name in ("batch", "stories", "commands", "tasks"):
+            await stream.named_message(name)
+        clock.advance(30)  # ages grow, nothing else changes: no message
+        with pytest.raises(asyncio.TimeoutError):
+            await stream.next(timeout=0.5)
+        store.heartbeat(sprint["batch"])
+        assert (await stream.named_message("batch", timeout=2))["heartbeat_at"] == clock.now
+
+
+@pytest.mark.asyncio
+async def test_stream_without_a_batch_watches_the_running_one(make_client: Any,
+                                                              store: Store) -> None:
+    client = await make_client(update_interval=0.05)
+    old = simulate_sprint(store)
+    async with client.get("/api/stream") as response:
+        stream = SSE(response)
+        assert (await stream.named_message("batch"))["id"] == old
+        new = store.create_batch(2)
+        assert (await stream.named_message("batch", timeout=2))["id"] == new
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("present", [3, 130])
+async def test_a_bare_connect_sends_only_events_committed_after_it(
+        client: Any, store: Store, present: int) -> None:
+    batch = store.create_batch(1)
+    store.create_events([{"batch_id": batch, "story_id": None, "command_id": None,
+                          "epic_id": "", "story_key": "", "command": "", "task_id": "",
+                          "status": "info", "message": f"old {n}"} for n in range(present)])
+    async with client.get("/api/stream") as response:
+        stream = SSE(response)
+        await stream.named_message("batch")  # connected and past its first poll
+        await asyncio.sleep(0.2)
+        new = [log_event(store, batch, f"new {n}") for n in range(2)]
+        assert [e["id"] for e in await stream.events(2)] == new
+        with pytest.raises(asyncio.TimeoutError):
+            await stream.next(timeout=0.3)
+
+
+def _insert_held(session: ServerSession, batch: int) -> int:
+    """BEGIN and insert an event on ``session``, leaving it uncommitted; return its id."""
+    session.execute("BEGIN")
+    sql = ("INSERT INTO events (batch_id, timestamp, epic_id, story_key, command, task_id, "
+           "status, message) VALUES (%s, 0, 'e', 'k', 'dev-story', 't', 'progress', 'held')")
+    if BACKEND == "postgresql":
+        return int(session.execute(sql + " RETURNING id", (batch,))[0][0])
+    session.execute(sql, (batch,))
+    return int(session.execute("SELECT LAST_INSERT_ID()")[0][0])
+
+
+@pytest.mark.asyncio
+async def test_a_bare_connect_waits_for_a_lower_id_still_to_commit(
+        client: Any, store: Store, server_session: Any, db_target: str) -> None:
+    """A server hands out ids before commit: an event with an id below the newest at
+    connect time that commits later is still sent (starting after the newest would
+    skip it for good)."""
+    batch = store.create_batch(1)
+    before = log_event(store, batch, "before")
+    holder = ServerSession(db_target)
+    try:
+        held = _insert_held(holder, batch)
+        newest = log_event(store, batch, "newest, committed before the held one")
+        assert before < held < newest
+        async with client.get("/api/stream") as response:
+            stream = SSE(response)
+            await stream.named_message("batch")
+            await asyncio.sleep(0.3)
+            holder.execute("COMMIT")
+            assert [e["id"] for e in await stream.events(1)] == [held]
+            with pytest.raises(asyncio.TimeoutError):
+                await stream.next(timeout=0.3)  # before and newest: not again
+    finally:
+        holder.close()
 
 
 # -- the pages ------------------------------------------------------------------------------------
@@ -492,6 +671,110 @@ async def test_batch_timeline(client: Any, store: Store, sprint: dict[str, Any])
     assert 'fill="#d64545"' in (await (await client.get(f"/batches/{sprint['old']}")).text())
 
 
+@pytest.mark.asyncio
+async def test_times_are_time_elements_with_a_utc_fallback(client: Any,
+                                                           sprint: dict[str, Any]) -> None:
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_700_000_000))
+    fallback = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(1_700_000_000))
+    tag = f'<time datetime="{iso}" data-ts="1700000000" data-unit="s">{fallback}</time>'
+    for url in ("/", "/batches", f"/batches/{sprint['batch']}", "/events"):
+        page = await (await client.get(url)).text()
+        assert tag in page, url
+
+
+@pytest.mark.asyncio
+async def test_now_page_ages_stale_and_blocked(client: Any, store: Store, clock: FakeClock,
+                                               sprint: dict[str, Any]) -> None:
+    s2 = sprint["stories"][1]
+    page = await (await client.get("/")).text()
+    assert '<p id="heartbeat-age" data-stale-after="600">heartbeat <span class="age" ' \
+           'data-age="0">0 s ago</span>' in page
+    assert '<ul id="blocked-stories"></ul>' in page
+    for _ in range(3):
+        store.update_command(store.create_command(s2, "dev-story", "t"), status="failed")
+    clock.advance(185)
+    page = await (await client.get("/")).text()
+    assert 'data-age="185">3 min ago</span>' in page  # heartbeat and running command
+    assert re.search(r'id="running-commands".*<td><span class="age" data-age="185">3 min ago',
+                     page)
+    assert '<li class="blocked">3a-2</li>' in page
+    assert 'class="stale"' not in page
+    clock.advance(600)
+    page = await (await client.get("/")).text()
+    assert '<p id="heartbeat-age" class="stale" data-stale-after="600">' in page
+    assert "13 min ago" in page and "stale: silent for 10 min or more" in page
+
+
+@pytest.mark.asyncio
+async def test_stale_after_is_configurable(make_client: Any, store: Store, clock: FakeClock,
+                                           db_target: str, sprint: dict[str, Any]) -> None:
+    client = await make_client(stale_after=30)
+    clock.advance(31)
+    page = await (await client.get("/")).text()
+    assert '<p id="heartbeat-age" class="stale" data-stale-after="30">' in page
+    with pytest.raises(ValueError, match="stale_after"):
+        create_app(db_target, stale_after=0)
+
+
+def test_ago() -> None:
+    from sprint_runner.web.pages import ago
+
+    assert [ago(s) for s in (0, 12, 59, 60, 185, 3599, 3600, 7300, 2 * 86400, -5)] == [
+        "0 s ago", "12 s ago", "59 s ago", "1 min ago", "3 min ago", "59 min ago",
+        "1 h ago", "2 h ago", "2 d ago", "0 s ago"]
+
+
+@pytest.mark.asyncio
+async def test_batch_page_marks_failures_and_running_bars(client: Any, store: Store,
+                                                          sprint: dict[str, Any]) -> None:
+    page = await (await client.get(f"/batches/{sprint['old']}")).text()
+    failed = [c["id"] for c in store.get_commands_by_batch(sprint["old"], "failed")]
+    assert failed
+    assert sorted(map(int, re.findall(r'<rect data-command-id="(\d+)" data-status="failed" '
+                                      r'class="command failed"', page))) == failed
+    assert sorted(map(int, re.findall(r'<text class="failed-mark" data-command-id="(\d+)"',
+                                      page))) == failed
+    assert "data-running" not in page  # a finished batch: nothing grows
+    page = await (await client.get(f"/batches/{sprint['batch']}")).text()
+    running = re.findall(r'<rect data-command-id="(\d+)"[^>]* data-running="1" '
+                         r'data-width="[\d.]+"', page)
+    assert running == [str(sprint["commands"][1])]
+    assert re.search(r'<svg id="timeline"[^>]* data-scale="[\d.e-]+" data-unit="s"', page)
+
+
+@pytest.mark.asyncio
+async def test_batch_page_events_per_minute(client: Any, store: Store, clock: FakeClock,
+                                            sprint: dict[str, Any]) -> None:
+    batch = sprint["batch"]
+    clock.advance(120)
+    for n in range(4):
+        log_event(store, batch, f"later {n}")
+    page = await (await client.get(f"/batches/{batch}")).text()
+    chart = page[page.index('<svg id="events-per-minute"'):]
+    chart = chart[:chart.index("</svg>")]
+    bars = [(int(m), int(c)) for m, c in
+            re.findall(r'<rect class="minute" data-minute="(\d+)" data-count="(\d+)"', chart)]
+    assert bars == store.events_per_minute(batch)
+    assert [c for _, c in bars] == [3, 4]
+    assert "4 events in the minute from" in chart
+    assert page.index('id="events-per-minute"') < page.index("<h2>Background tasks</h2>")
+    empty = store.create_batch(1)
+    page = await (await client.get(f"/batches/{empty}")).text()
+    assert '<p class="empty" id="events-per-minute">No events.</p>' in page
+
+
+def test_minute_chart_merges_minutes_of_a_long_batch() -> None:
+    from sprint_runner.web.pages import minute_chart
+
+    per_minute = [(60 * n, 1) for n in range(1000)]
+    chart = minute_chart(per_minute, "s")
+    counts = [int(c) for c in re.findall(r'data-count="(\d+)"', chart)]
+    assert len(counts) <= 240 and sum(counts) == 1000
+    assert 'data-minutes-per-bar="5"' in chart and "per 5 minutes" in chart
+    ms = minute_chart([(60_000 * n, 2) for n in range(3)], "ms")
+    assert [int(c) for c in re.findall(r'data-count="(\d+)"', ms)] == [2, 2, 2]
+
+
 # -- the command line ------------------------------------------------------------------------------
 
 def test_serve_refuses_a_public_host_without_a_token(capsys: pytest.CaptureFixture[str],
@@ -501,6 +784,62 @@ def test_serve_refuses_a_public_host_without_a_token(capsys: pytest.CaptureFixtu
     code, out, err = run_cli(capsys, "--db", db_target, "serve", "--host", "0.0.0.0")
     assert code == 2 and out == ""
     assert len(err.splitlines()) == 1 and "--token" in err
+
+
+def _serve_options(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                   *argv: str) -> tuple[web.Application, dict[str, Any], list[str], str]:
+    """Run ``serve argv`` with aiohttp's run_app replaced: the app, run_app's keywords,
+    the URLs ``webbrowser.open`` got from the app's start-up, and stdout."""
+    import webbrowser
+
+    ran: list[tuple[web.Application, dict[str, Any]]] = []
+    opened: list[str] = []
+    monkeypatch.setattr(web, "run_app", lambda app, **kw: ran.append((app, kw)))
+    monkeypatch.setattr(webbrowser, "open", lambda url, *a, **k: opened.append(url) or True)
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    app, kwargs = ran[0]
+
+    async def start_up() -> None:
+        for callback in app.on_startup:
+            await callback(app)
+
+    asyncio.run(start_up())
+    return app, kwargs, opened, out
+
+
+def test_serve_options(capsys: pytest.CaptureFixture[str], store: Store, db_target: str,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from sprint_runner.web.app import CONFIG
+
+    monkeypatch.delenv("SPRINT_RUNNER_TOKEN", raising=False)
+    app, kwargs, opened, out = _serve_options(
+        capsys, monkeypatch, "--db", db_target, "serve", "--host", "127.0.0.2", "--port",
+        "9123", "--allow-host", "dash.lan", "--allow-host", "box.lan:9123",
+        "--stale-after", "5m")
+    assert kwargs["host"] == "127.0.0.2" and kwargs["port"] == 9123
+    config = app[CONFIG]
+    assert config["hosts"] == {"127.0.0.2", "dash.lan", "box.lan"}
+    assert config["token"] is None and config["stale_after"] == 300
+    assert opened == [] and "http://127.0.0.2:9123/" in out
+
+
+def test_serve_open_and_token_from_the_environment(
+        capsys: pytest.CaptureFixture[str], store: Store, db_target: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sprint_runner.web.app import CONFIG
+
+    monkeypatch.setenv("SPRINT_RUNNER_TOKEN", "env-s3cret")
+    app, _, opened, _ = _serve_options(capsys, monkeypatch, "--db", db_target, "serve",
+                                       "--open")
+    assert app[CONFIG]["token"] == "env-s3cret"
+    assert opened == ["http://127.0.0.1:8765/?token=env-s3cret"]
+    app, _, opened, _ = _serve_options(capsys, monkeypatch, "--db", db_target, "serve",
+                                       "--open", "--token", "given", "--port", "1")
+    assert app[CONFIG]["token"] == "given" and opened == ["http://127.0.0.1:1/?token=given"]
+    monkeypatch.delenv("SPRINT_RUNNER_TOKEN")
+    _, _, opened, _ = _serve_options(capsys, monkeypatch, "--db", db_target, "serve", "--open")
+    assert opened == ["http://127.0.0.1:8765/"]
 
 
 def test_serve_without_aiohttp(capsys: pytest.CaptureFixture[str], store: Store,
@@ -551,15 +890,26 @@ def test_serve_serves(store: Store, db_target: str, unused_tcp_port: int) -> Non
 
 ARTIFACTS = ROOT / ".ci" / "artifacts"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+BROWSER_TZ = "Asia/Kathmandu"
+
+
+def local_text(timestamp: int) -> str:
+    """``timestamp`` (seconds) as the browser should show it, in ``BROWSER_TZ``."""
+    import datetime
+    import zoneinfo
+
+    return datetime.datetime.fromtimestamp(timestamp, zoneinfo.ZoneInfo(BROWSER_TZ)).strftime(
+        "%Y-%m-%d %H:%M:%S")
 
 
 class ServerThread:
-    """The dashboard on a real port, in its own event loop on a background thread."""
+    """The dashboard on a real port (``port``, else any free one), in its own event loop
+    on a background thread."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, port: int = 0) -> None:
         self.loop = asyncio.new_event_loop()
         self.runner = web.AppRunner(app)
-        self.port = 0
+        self.port = port
         ready = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
         self.thread.start()
@@ -568,7 +918,7 @@ class ServerThread:
     def _run(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
         self.loop.run_until_complete(site.start())
         self.port = self.runner.addresses[0][1]
         ready.set()
@@ -599,7 +949,10 @@ def browser() -> Iterator[Any]:
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                      "--disable-gpu", "--window-size=1280,1000"):
         options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    # A zone far from UTC and from this machine's, at a quarter-hour offset: local times
+    # must be the browser's own, whatever the server's zone.
+    service = Service(CHROMEDRIVER, env={**os.environ, "TZ": BROWSER_TZ})
+    driver = webdriver.Chrome(service=service, options=options)
     try:
         yield driver
     finally:
@@ -609,36 +962,86 @@ def browser() -> Iterator[Any]:
 @pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.sqlite_only
-def test_in_a_real_browser(browser: Any, store: Store, db_target: str) -> None:
+def test_in_a_real_browser(browser: Any, store: Store, db_target: str,
+                           clock: FakeClock) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    def wait(condition: Any, timeout: float = 2.0) -> None:
+        WebDriverWait(browser, timeout, poll_frequency=0.05).until(lambda d: condition())
+
+    def css(selector: str) -> Any:
+        return browser.find_element(By.CSS_SELECTOR, selector)
+
+    def feed_ids() -> list[str]:
+        return [r.get_attribute("data-event-id") for r in
+                browser.find_elements(By.CSS_SELECTOR, "#feed tbody tr")]
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     sprint = fill(store)
-    server = ServerThread(create_app(db_target))
+    s1 = sprint["stories"][0]
+    servers = [ServerThread(create_app(db_target, clock=clock))]
     try:
-        base = f"http://127.0.0.1:{server.port}"
+        base = f"http://127.0.0.1:{servers[0].port}"
         browser.get(base + "/")
         title = browser.title
         batch = browser.find_element(By.ID, "batch")
         assert batch.get_attribute("data-batch-id") == str(sprint["batch"])
         assert "running" in batch.text
-        WebDriverWait(browser, 10).until(
-            lambda d: d.find_element(By.ID, "feed-status").text == "live")
+        wait(lambda: css("#feed-status").text == "live", 10)
+
+        # Times in the browser's zone, not UTC, not the server's.
+        started = css("#batch dd.started time")
+        assert started.get_attribute("datetime") == time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.now))
+        assert started.text == local_text(clock.now)
+        assert started.get_attribute("title") == time.strftime(
+            "%Y-%m-%d %H:%M:%SZ", time.gmtime(clock.now))
 
         def rows() -> dict[str, str]:
             return {r.get_attribute("data-event-id"): r.text for r in
                     browser.find_elements(By.CSS_SELECTOR, "#feed tbody tr")}
 
+        clock.advance(3600)
         new = [log_event(store, sprint["batch"], f"from the test {n}") for n in range(3)]
-        started = time.monotonic()
-        WebDriverWait(browser, 2, poll_frequency=0.05).until(
-            lambda d: all(str(i) in rows() for i in new))
-        arrived = time.monotonic() - started
+        started_at = time.monotonic()
+        wait(lambda: all(str(i) in rows() for i in new))
+        arrived = time.monotonic() - started_at
         assert arrived < 2
+        live_time = css(f'#feed tr[data-event-id="{new[-1]}"] time')
+        assert live_time.text == local_text(clock.now)  # rows from the stream too
+
+        # Batch and story changes reach the open page (named messages), no reload.
+        marker = browser.execute_script("window.notReloaded = 1; return window.notReloaded;")
+        changed_at = time.monotonic()
+        store.update_batch(sprint["batch"], cycles_completed=2)
+        store.update_story(s1, status="done")
+        later = store.create_command(s1, "code-review", "review")
+        wait(lambda: css("#batch dd.cycles").text == "2 of 4")
+        wait(lambda: "done" in css("#stories-by-status").text)
+        wait(lambda: str(later) in css("#running-commands").text)
+        updated = time.monotonic() - changed_at
+        assert updated < 2
+        assert browser.execute_script("return window.notReloaded;") == marker
+        for _ in range(3):
+            store.update_command(store.create_command(s1, "dev-story", "t"), status="failed")
+        wait(lambda: css("#blocked-stories li.blocked").text == "3a-1")
+
+        # The heartbeat's age counts on in the browser; past stale_after it warns.
+        store.heartbeat(sprint["batch"])  # fresh (the clock moved an hour above)
+        wait(lambda: css("#heartbeat-age .age").text in ("0 s ago", "1 s ago"), 3)
+        assert "stale" not in (css("#heartbeat-age").get_attribute("class") or "")
+        assert not css("#heartbeat-age .warning").is_displayed()
+        first = css("#heartbeat-age .age").text
+        wait(lambda: css("#heartbeat-age .age").text != first, 3)
+        clock.advance(700)
+        store.update_batch(sprint["batch"], cycles_completed=3)  # a message: age 700 s
+        wait(lambda: "stale" in (css("#heartbeat-age").get_attribute("class") or ""), 3)
+        assert "11 min ago" in css("#heartbeat-age").text
+        assert css("#heartbeat-age .warning").is_displayed()
+
         hostile = [log_event(store, sprint["batch"], message) for message in XSS]
-        WebDriverWait(browser, 2, poll_frequency=0.05).until(
-            lambda d: all(str(i) in rows() for i in hostile))
+        wait(lambda: all(str(i) in rows() for i in hostile))
         shown = rows()
         for event, message in zip(hostile, XSS):
             assert message in shown[str(event)]  # as text
@@ -649,20 +1052,50 @@ def test_in_a_real_browser(browser: Any, store: Store, db_target: str) -> None:
         assert list(shown)[:5] == [str(i) for i in (hostile[::-1] + new[::-1])]
         browser.save_screenshot(str(ARTIFACTS / "dashboard-now.png"))
 
+        # The server goes away and comes back on the same port: the EventSource resumes
+        # after its Last-Event-ID, no gap, no duplicate.
+        before = feed_ids()
+        port = servers[0].port
+        servers.pop().stop()
+        wait(lambda: css("#feed-status").text == "reconnecting", 5)
+        while_down = [log_event(store, sprint["batch"], f"while down {n}") for n in range(3)]
+        servers.append(ServerThread(create_app(db_target, clock=clock), port=port))
+        after_restart = [log_event(store, sprint["batch"], f"after restart {n}")
+                         for n in range(2)]
+        written = {str(i) for i in while_down + after_restart}
+        wait(lambda: written <= set(feed_ids()), 15)
+        time.sleep(0.5)
+        ids = feed_ids()
+        assert len(ids) == len(set(ids))  # each once
+        assert set(ids) == set(before) | written
+        assert ids[:5] == [str(i) for i in (while_down + after_restart)[::-1]]
+        assert css("#feed-status").text == "live"
+
         for batch_id in (sprint["old"], sprint["batch"]):
             browser.get(f"{base}/batches/{batch_id}")
             rects = browser.find_elements(By.CSS_SELECTOR, "svg#timeline rect[data-command-id]")
             assert sorted(int(r.get_attribute("data-command-id")) for r in rects) == \
                 [c["id"] for c in store.get_commands_by_batch(batch_id)]
+            failed = browser.find_elements(By.CSS_SELECTOR, "svg#timeline rect.failed")
+            assert len(failed) == len(store.get_commands_by_batch(batch_id, "failed"))
+            assert browser.find_elements(By.CSS_SELECTOR, "svg#events-per-minute rect.minute")
+            axis = css("svg#events-per-minute text.axis")
+            assert axis.text == local_text(int(axis.get_attribute("data-ts")))
             browser.save_screenshot(str(ARTIFACTS / f"dashboard-batch-{batch_id}.png"))
+        bar = css("svg#timeline rect[data-running]")
+        width = float(bar.get_attribute("width"))
+        wait(lambda: float(bar.get_attribute("width")) > width, 3)  # it grows
         browser.get(f"{base}/events?batch={sprint['batch']}")
         assert browser.find_elements(By.CSS_SELECTOR, "#events img") == []
         assert browser.title == "Events - sprint-runner"
         browser.save_screenshot(str(ARTIFACTS / "dashboard-events.png"))
         logs = [entry for entry in browser.get_log("browser")
-                if entry.get("level") == "SEVERE" and "favicon" not in entry.get("message", "")]
+                if entry.get("level") == "SEVERE" and "favicon" not in entry.get("message", "")
+                and "/api/stream" not in entry.get("message", "")]  # the restart's refusals
         assert logs == []  # no CSP violation, no script error
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
     (ARTIFACTS / "browser-timing.txt").write_text(
-        f"three events written to shown on the Now page: {arrived:.3f} s\n")
+        f"three events written to shown on the Now page: {arrived:.3f} s\n"
+        f"a batch and a story change to shown on the Now page: {updated:.3f} s\n")

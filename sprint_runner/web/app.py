@@ -7,9 +7,10 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
+import math
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -26,8 +27,8 @@ from ..store import Store
 from ..untrusted import json_text
 from . import pages
 
-__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_POLL_INTERVAL", "STATIC", "BadRequest",
-           "create_app", "is_loopback"]
+__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_POLL_INTERVAL", "DEFAULT_STALE_AFTER",
+           "DEFAULT_UPDATE_INTERVAL", "STATIC", "BadRequest", "create_app", "is_loopback"]
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 """The CSS and JavaScript files the pages load (shipped in the package)."""
@@ -35,8 +36,15 @@ DEFAULT_POLL_INTERVAL = 0.3
 """Seconds between two ``tail_events`` polls of one ``/api/stream``."""
 DEFAULT_HEARTBEAT = 15.0
 """Seconds between two comment lines of an idle ``/api/stream``."""
+DEFAULT_UPDATE_INTERVAL = 1.0
+"""Seconds between two looks of one ``/api/stream`` at its batch (named messages)."""
+DEFAULT_STALE_AFTER = 600
+"""Seconds without a heartbeat after which a running batch shows as stale (the CLI's
+``recover`` and ``doctor`` default, ``--stale-after 10m``)."""
 COOKIE = "sprint_runner_token"
 _TAIL_LIMIT = 500
+_START_WINDOW = 100
+"""A bare ``/api/stream`` connect starts below the newest this many events (see there)."""
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost",
                              "ip6-loopback"})
 _CSP = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
@@ -107,27 +115,41 @@ def _refuse_pending(location: str, pending: list[Any]) -> None:
 # -- the application ---------------------------------------------------------------------
 
 def create_app(target: str | os.PathLike[str] | Store, *, token: str | None = None,
-               host: str | None = None, clock: Clock | None = None,
-               poll_interval: float = DEFAULT_POLL_INTERVAL,
-               heartbeat: float = DEFAULT_HEARTBEAT, readers: int = 2) -> web.Application:
+               host: str | None = None, allow_hosts: Iterable[str] = (),
+               clock: Clock | None = None, poll_interval: float = DEFAULT_POLL_INTERVAL,
+               heartbeat: float = DEFAULT_HEARTBEAT,
+               update_interval: float = DEFAULT_UPDATE_INTERVAL,
+               stale_after: int = DEFAULT_STALE_AFTER, readers: int = 2) -> web.Application:
     """Return the dashboard over ``target``: a SQLite path, a URL, or a SQLite ``Store``
     (a server database must be given by its URL string).
 
     The database is opened read-only when the application starts (``Store(read_only=
     True)``: SQLite ``mode=ro``, a read-only session on the servers), so the database
     itself refuses any write; a SQLite file must exist and be up to date (checked here
-    and again at start-up), and no migration is ever run. Only GET and HEAD are served (405 otherwise). Requests whose Host header
-    names neither a loopback host nor ``host`` get 403 (DNS rebinding). With
+    and again at start-up), and no migration is ever run. Only GET and HEAD are served
+    (405 otherwise). Requests whose Host header names neither a loopback host, nor
+    ``host``, nor one of ``allow_hosts`` (names, or Host header values such as
+    ``dash.lan:8765``) get 403 (DNS rebinding). With
     ``token``, every request needs ``Authorization: Bearer <token>`` or the HttpOnly
-    cookie that ``?token=<token>`` sets once.
+    cookie that ``?token=<token>`` sets once. ``update_interval``: seconds between two
+    looks of a stream at its batch; ``stale_after``: seconds without a heartbeat that
+    make a running batch stale.
     """
+    if isinstance(allow_hosts, str):
+        raise TypeError("allow_hosts must be a list of names, not one string")
+    if isinstance(stale_after, bool) or not isinstance(stale_after, int) or stale_after < 1:
+        raise ValueError(f"stale_after must be a whole number of seconds >= 1, "
+                         f"not {stale_after!r}")
     where = _resolve_target(target)
     _check_sqlite(where)
     if token is not None and not token:
         raise ValueError("token must not be empty")
     app = web.Application(middlewares=[_guard, _errors])
-    app[CONFIG] = {"token": token, "host": None if host is None else _host_name(host),
-                   "poll": float(poll_interval), "heartbeat": float(heartbeat)}
+    hosts = {_host_name(h) for h in allow_hosts} | ({_host_name(host)} if host else set())
+    hosts.discard("")
+    app[CONFIG] = {"token": token, "hosts": frozenset(hosts),
+                   "poll": float(poll_interval), "heartbeat": float(heartbeat),
+                   "updates": float(update_interval), "stale_after": stale_after}
     app[STOPPING] = asyncio.Event()
 
     async def store_context(app: web.Application) -> AsyncIterator[None]:
@@ -185,7 +207,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                                        text="405: the dashboard only reads (GET, HEAD)\n")
     config = request.app[CONFIG]
     name = _host_name(request.host)
-    if not (is_loopback(name) or name == config["host"]):
+    if not (is_loopback(name) or name in config["hosts"]):
         raise web.HTTPForbidden(text=f"403: Host {name[:80]!r} is not this dashboard's\n")
     token: str | None = config["token"]
     if token is None:
@@ -321,6 +343,44 @@ async def batches_page_data(store: AsyncStore, query: Mapping[str, str]) -> dict
             "time_unit": store.time_unit}
 
 
+async def batch_state(store: AsyncStore, batch_id: int,
+                      stale_after: int) -> dict[str, dict[str, Any]] | None:
+    """What the Now page shows of a batch and ``/api/stream`` sends as named messages:
+    ``batch`` (its row, ``running``, ``heartbeat_age`` in seconds, ``stale``),
+    ``stories`` (counts by status, blocked story keys), ``commands`` (running, with
+    their ages) and ``tasks`` (pending background tasks, with their ages); None if the
+    batch is gone."""
+    summary = await store.batch_summary(batch_id, events=0)
+    if summary is None:
+        return None
+    unit = store.time_unit
+    scale = PER_SECOND[unit]
+    now = store.clock()
+    batch = summary["batch"]
+    stories = await store.get_stories_by_batch(batch_id)
+    keys = {s["id"]: s["story_key"] for s in stories}
+    blocked = [s["story_key"] for s in stories if await store.check_story_blocked(s["id"])]
+    age = summary["heartbeat_age"]
+    base = {"batch_id": batch_id, "time_unit": unit}
+    return {
+        "batch": {**base, **batch, "running": batch["status"] == "running",
+                  "heartbeat_age": age, "stale_after": stale_after,
+                  "stale": age is not None and age >= stale_after},
+        "stories": {**base, "by_status": sorted(summary["stories_by_status"].items(),
+                                                key=lambda kv: (-kv[1], kv[0])),
+                    "blocked": blocked},
+        "commands": {**base, "running": [
+            {"id": c["id"], "story_key": keys.get(c["story_id"], "?"),
+             "command": c["command"], "task_id": c["task_id"], "started_at": c["started_at"],
+             "age": max(now - c["started_at"], 0) // scale}
+            for c in summary["running_commands"]]},
+        "tasks": {**base, "pending": [
+            {"id": t["id"], "story_key": t["story_key"], "task_type": t["task_type"],
+             "spawned_at": t["spawned_at"], "age": max(now - t["spawned_at"], 0) // scale}
+            for t in summary["pending_background_tasks"]]},
+    }
+
+
 # -- the JSON API ---------------------------------------------------------------------------
 
 async def api_now(request: web.Request) -> web.Response:
@@ -354,31 +414,35 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text: events stored, running batches (among the newest ``MAX_PAGE``),
-    blocked stories of running batches, seconds since each running batch's heartbeat."""
+    """Prometheus text: events stored, events in the last minute, the database's size
+    (SQLite: file plus WAL), running batches (among the newest ``MAX_PAGE``), blocked
+    stories of running batches, seconds since each running batch's heartbeat."""
     store = request.app[STORE]
     events = await store.count_events()
+    scale = PER_SECOND[store.time_unit]
+    now = store.clock()
+    last_minute = await store.count_events(since=now - 60 * scale)
+    storage = await store.storage_info()
     running = [b for b in await store.list_batches(limit=MAX_PAGE) if b["status"] == "running"]
     blocked = 0
     ages = []
-    scale = PER_SECOND[store.time_unit]
-    now = store.clock()
     for batch in running:
         for story in await store.get_stories_by_batch(batch["id"]):
             if await store.check_story_blocked(story["id"]):
                 blocked += 1
         ages.append((batch["id"], max(now - Store.last_seen(batch), 0) // scale))
     lines = [
-        "# HELP sprint_runner_events Events stored.",
-        "# TYPE sprint_runner_events gauge",
-        f"sprint_runner_events {events}",
-        "# HELP sprint_runner_running_batches Batches whose status is running.",
-        "# TYPE sprint_runner_running_batches gauge",
-        f"sprint_runner_running_batches {len(running)}",
-        "# HELP sprint_runner_blocked_stories Stories of running batches whose last three "
-        "commands failed.",
-        "# TYPE sprint_runner_blocked_stories gauge",
-        f"sprint_runner_blocked_stories {blocked}",
+        *_gauge("events", "Events stored.", events),
+        *_gauge("events_last_minute", "Events whose timestamp is within the last 60 s.",
+                last_minute),
+    ]
+    if "file_bytes" in storage:  # servers report no size (the store gives none)
+        lines += _gauge("database_bytes", "Bytes of the database file plus its WAL.",
+                        int(storage["file_bytes"]) + int(storage.get("wal_bytes", 0)))
+    lines += [
+        *_gauge("running_batches", "Batches whose status is running.", len(running)),
+        *_gauge("blocked_stories", "Stories of running batches whose last three commands "
+                "failed.", blocked),
         "# HELP sprint_runner_heartbeat_age_seconds Seconds since a running batch's last "
         "heartbeat (or start).",
         "# TYPE sprint_runner_heartbeat_age_seconds gauge",
@@ -386,6 +450,12 @@ async def metrics(request: web.Request) -> web.Response:
     ]
     return web.Response(text="\n".join(lines) + "\n", charset="utf-8",
                         content_type="text/plain", headers={"X-Prometheus-Format": "0.0.4"})
+
+
+def _gauge(name: str, help_text: str, value: int) -> list[str]:
+    """The three lines of one unlabelled Prometheus gauge."""
+    return [f"# HELP sprint_runner_{name} {help_text}", f"# TYPE sprint_runner_{name} gauge",
+            f"sprint_runner_{name} {value}"]
 
 
 # -- the live stream -----------------------------------------------------------------------
@@ -396,26 +466,99 @@ def sse_message(event: Mapping[str, Any]) -> bytes:
     return f"id: {event['id']}\ndata: {json_text(dict(event))}\n\n".encode()
 
 
+def sse_named(name: str, value: Mapping[str, Any]) -> bytes:
+    """One named Server-Sent Event without ``id:`` (so the browser's Last-Event-ID stays
+    the last event's)."""
+    return f"event: {name}\ndata: {json_text(dict(value))}\n\n".encode()
+
+
+_VOLATILE = frozenset({"heartbeat_age", "stale", "age"})
+"""Keys that change with the clock alone: not a change worth a message (the page counts
+ages on by itself)."""
+
+
+def _stable(value: Any) -> Any:
+    """``value`` without its clock-driven keys, to tell whether a part changed."""
+    if isinstance(value, Mapping):
+        return {k: _stable(v) for k, v in value.items() if k not in _VOLATILE}
+    if isinstance(value, (list, tuple)):
+        return [_stable(v) for v in value]
+    return value
+
+
+class BatchWatch:
+    """One stream's look at its batch (``batch_id``, else the running or last one): the
+    named messages of the parts that changed since the last look (all of them first)."""
+
+    def __init__(self, batch_id: int | None, stale_after: int) -> None:
+        self.batch_id = batch_id
+        self.stale_after = stale_after
+        self.sent: dict[str, str] = {}
+
+    async def _watched(self, store: AsyncStore) -> int | None:
+        if self.batch_id is not None:
+            return self.batch_id
+        batch = await store.get_active_batch()
+        if batch is None:
+            latest = await store.list_batches(limit=1)
+            batch = latest[0] if latest else None
+        return None if batch is None else int(batch["id"])
+
+    async def changes(self, store: AsyncStore) -> bytes:
+        """The ``batch``, ``stories``, ``commands`` and ``tasks`` messages now due."""
+        batch_id = await self._watched(store)
+        state = None if batch_id is None else await batch_state(store, batch_id,
+                                                                self.stale_after)
+        if state is None:
+            return b""
+        out = []
+        for name, value in state.items():
+            key = json_text(_stable(value))
+            if self.sent.get(name) != key:
+                self.sent[name] = key
+                out.append(sse_named(name, value))
+        return b"".join(out)
+
+
+async def start_position(store: AsyncStore) -> tuple[int, frozenset[int]]:
+    """Where a stream given no position starts: ``(after, already)``.
+
+    A server hands out ids before commit, so at connect time an event with an id below
+    the newest may still be about to commit; starting after the newest would skip it
+    for good. So the stream starts below the newest ``_START_WINDOW`` events (from 0 if
+    there are fewer), where the tail's gap rules wait for any such id, and does not
+    send the events that were already committed at connect time (``already``)."""
+    window = [e["id"] for e in (await store.page_events(limit=_START_WINDOW))["events"]]
+    if len(window) < _START_WINDOW:
+        return 0, frozenset(window)
+    return min(window), frozenset(window)
+
+
 async def api_stream(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: every event committed after ``Last-Event-ID`` (else ``?after=``,
-    else the newest event now), in id order, exactly once, polled with ``tail_events``."""
+    else the events present now, see :func:`start_position`), in id order, exactly once,
+    polled with ``tail_events``, as unnamed messages with ``id:``; and, every
+    ``update_interval`` seconds, named messages (no ``id:``) for the parts of the
+    watched batch that changed (:class:`BatchWatch`)."""
     store = request.app[STORE]
     config = request.app[CONFIG]
     batch = int_param(request.query, "batch", minimum=1)
     resume = request.headers.get("Last-Event-ID", "").strip()
     after = int_param({"Last-Event-ID": resume}, "Last-Event-ID") if resume \
         else int_param(request.query, "after")
-    if after is None:
-        newest = (await store.page_events(limit=1, batch_id=batch))["events"]
-        after = newest[0]["id"] if newest else 0
     headers = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-store",
                "X-Accel-Buffering": "no"}
     if request.method == "HEAD":
         return web.Response(headers=headers)
+    already: frozenset[int] = frozenset()
+    if after is None:
+        after, already = await start_position(store)
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     stopping = request.app[STOPPING]
+    watch = BatchWatch(batch, config["stale_after"])
     beat = time.monotonic()
+    looked = -math.inf
     try:
         await response.write(b"retry: 2000\n\n")
         while not stopping.is_set():
@@ -424,10 +567,19 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
                 break
             events = await store.tail_events(after, batch_id=batch, limit=_TAIL_LIMIT)
             if events:
-                await response.write(b"".join(sse_message(e) for e in events))
+                fresh = [e for e in events if e["id"] not in already]
+                if fresh:
+                    await response.write(b"".join(sse_message(e) for e in fresh))
                 after = events[-1]["id"]
+                if already and after >= max(already):
+                    already = frozenset()
                 if len(events) == _TAIL_LIMIT:
                     continue
+            if time.monotonic() - looked >= config["updates"]:
+                looked = time.monotonic()
+                changes = await watch.changes(store)
+                if changes:
+                    await response.write(changes)
             if time.monotonic() - beat >= config["heartbeat"]:
                 await response.write(b": heartbeat\n\n")
                 beat = time.monotonic()
