@@ -43,10 +43,10 @@ import peewee
 
 from . import db as _db
 from .clock import Clock
-from .events import CHUNK, create_event_arguments, event_row, split
-from .models import KEY_LENGTH, BackgroundTask, BaseModel, Batch, Command, Story
-from .store import _IMMUTABLE, Store
-from .validation import check_int, check_text, check_update
+from .events import CHUNK
+from .models import KEY_LENGTH
+from .store import PreparedWrites, Store
+from .validation import check_int, check_text
 
 __all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_MAX_DELAY", "DEFAULT_READERS", "EXCLUDED",
            "GROUP_WRITES", "READS", "AsyncStore", "connect"]
@@ -80,10 +80,8 @@ async iterator, written by hand; ``last_seen`` stays a plain static method)."""
 
 # Errors of one write alone (its own arguments or rows), not of the group's transaction.
 _OWN_ERRORS = (peewee.IntegrityError, peewee.DataError, ValueError, TypeError)
-_UPDATED: dict[str, tuple[type[BaseModel], str]] = {
-    "update_batch": (Batch, "batch_id"), "update_story": (Story, "story_id"),
-    "update_command": (Command, "command_id"),
-    "update_background_task": (BackgroundTask, "task_id")}
+_prepare_event = PreparedWrites.event
+_check_update = PreparedWrites.check_update
 
 
 class _Retry(Exception):
@@ -107,22 +105,27 @@ class _GroupJob(_Job):
 
 
 class _EventJob(_GroupJob):
-    """A ``create_event`` with its checked row (the timestamp is set when it is written)."""
+    """A ``create_event`` as its checked row (the timestamp is set when it is written)."""
 
     __slots__ = ("row",)
 
-    def __init__(self, fn: Callable[[], Any], future: asyncio.Future[Any],
-                 loop: asyncio.AbstractEventLoop, row: tuple[Any, ...]) -> None:
-        super().__init__(fn, future, loop)
-        self.row = row
+    def __init__(self, row: tuple[Any, ...], future: asyncio.Future[Any],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.future, self.loop, self.row = future, loop, row
 
 
 _STOP = object()
+_MARK = object()
+"""Queued by a loop once it has run the callers a group's commit woke (see _gather)."""
+
+_Outcome = tuple[asyncio.Future[Any], bool, Any]
 
 
-def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+def _settle(outcomes: list[_Outcome], loop: asyncio.AbstractEventLoop,
+            mark: Callable[[], None] | None) -> None:
     """On the loop: resolve futures (``ok`` -> result, else exception), skipping
-    those already done (a cancelled caller)."""
+    those already done (a cancelled caller); then, if ``mark``, schedule it behind the
+    callers just woken (it runs once each has taken its next step)."""
     for future, ok, value in outcomes:
         if future.done():
             continue
@@ -130,24 +133,31 @@ def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
             future.set_result(value)
         else:
             future.set_exception(value)
+    if mark is not None:
+        loop.call_soon(mark)
 
 
-def _post(outcomes: list[tuple[asyncio.Future[Any], bool, Any]],
-          loop: asyncio.AbstractEventLoop) -> None:
+def _post(outcomes: list[_Outcome], loop: asyncio.AbstractEventLoop,
+          mark: Callable[[], None] | None = None) -> None:
     """From a worker thread: hand ``outcomes`` to their loop (one wake-up for all)."""
     try:
-        loop.call_soon_threadsafe(_settle, outcomes)
+        loop.call_soon_threadsafe(_settle, outcomes, loop, mark)
     except RuntimeError:
         pass  # the loop is closed: nobody is waiting any more
 
 
-def _post_grouped(outcomes: list[tuple[_Job, bool, Any]]) -> None:
-    by_loop: dict[int, tuple[asyncio.AbstractEventLoop,
-                             list[tuple[asyncio.Future[Any], bool, Any]]]] = {}
-    for job, ok, value in outcomes:
-        by_loop.setdefault(id(job.loop), (job.loop, []))[1].append((job.future, ok, value))
-    for loop, items in by_loop.values():
-        _post(items, loop)
+def _post_grouped(outcomes: list[tuple[_Job, bool, Any]], mark: Callable[[], None]) -> None:
+    """Hand a group's outcomes to their loops: one wake-up per loop, one ``mark`` each."""
+    loop = outcomes[0][0].loop
+    items = [(job.future, ok, value) for job, ok, value in outcomes]
+    if all(job.loop is loop for job, _, _ in outcomes):
+        _post(items, loop, mark)
+        return
+    by_loop: dict[int, tuple[asyncio.AbstractEventLoop, list[_Outcome]]] = {}
+    for (job, _, _), item in zip(outcomes, items):
+        by_loop.setdefault(id(job.loop), (job.loop, []))[1].append(item)
+    for other, mine in by_loop.values():
+        _post(mine, other, mark)
 
 
 class AsyncStore:
@@ -180,7 +190,7 @@ class AsyncStore:
         self.max_delay = float(max_delay)
         self._reader_count = readers
         self._store: Store | None = None
-        self._bulk_events = False
+        self._prepared: PreparedWrites | None = None
         self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -210,8 +220,7 @@ class AsyncStore:
         self._writes.put(_Job(lambda: Store(target, clock, **options), future, loop))
         try:
             self._store = await future
-            # Multi-row INSERTs for runs of create_event: SQLite only (see _insert_events).
-            self._bulk_events = self._store._executor.ids_commit_in_order
+            self._prepared = self._store.prepared
         except BaseException:
             self._writes.put(_STOP)
             self._closing = self._closed = True
@@ -327,6 +336,8 @@ class AsyncStore:
                 self._commit_group(group)
             elif isinstance(item, _Job):
                 self._run_alone(item)
+            elif item is _MARK:  # a mark no group wait needed
+                continue
             elif item is _STOP:  # open() failed
                 return
             else:  # (_STOP, future, loop): everything before it is committed
@@ -336,8 +347,10 @@ class AsyncStore:
 
     def _gather(self, group: list[_GroupJob], idle: bool) -> Any:
         """Add the group writes waiting (up to ``max_batch``) to ``group``; when the
-        writer was idle, wait up to ``max_delay`` for more. Return the first item that
-        is not a group write (run after the group), or None."""
+        writer was idle, wait up to ``max_delay`` for more, but no longer once a loop's
+        mark says the callers the last commit woke have all taken their next step (what
+        they were to write is queued: waiting on would only add latency). Return the
+        first item that is not a group write (run after the group), or None."""
         writes, limit = self._writes, self.max_batch
         wait = idle and self.max_delay > 0
         deadline = time.monotonic() + self.max_delay if wait else 0.0
@@ -360,6 +373,10 @@ class AsyncStore:
                 except queue.Empty:
                     return None
             if not isinstance(item, _GroupJob):
+                if item is _MARK:
+                    if wait:
+                        return None
+                    continue
                 return item
             group.append(item)
         return None
@@ -378,37 +395,42 @@ class AsyncStore:
         stats = self.stats
         stats["groups"] += 1
         stats["grouped_writes"] += len(live)
-        stats["largest_group"] = max(stats["largest_group"], len(live))
+        if len(live) > stats["largest_group"]:
+            stats["largest_group"] = len(live)
         if not live:
             return
         store = self.store
+        insert_events = self._prepared.insert_events  # type: ignore[union-attr]
         outcomes: list[tuple[_Job, bool, Any]]
         try:
             try:
                 stats["transactions"] += 1
                 with store.transaction():
                     outcomes = []
-                    start, bulk = 0, self._bulk_events
-                    while start < len(live):
+                    start, count = 0, len(live)
+                    while start < count:
                         job = live[start]
-                        if bulk and isinstance(job, _EventJob):
+                        if type(job) is _EventJob:
+                            # A run of create_event: one call (multi-row INSERTs on SQLite).
                             end = start + 1
-                            while end < len(live) and isinstance(live[end], _EventJob):
+                            while end < count and type(live[end]) is _EventJob:
                                 end += 1
-                            if end - start > 1:
-                                run = live[start:end]
-                                try:
-                                    ids = self._insert_events(
-                                        [e.row for e in run])  # type: ignore[attr-defined]
-                                except _OWN_ERRORS as exc:
-                                    raise _Retry from exc
-                                outcomes += [(e, True, i) for e, i in zip(run, ids)]
-                                start = end
-                                continue
+                            run = live[start:end]
+                            try:
+                                ids = insert_events(
+                                    [e.row for e in run])  # type: ignore[attr-defined]
+                            except _OWN_ERRORS as exc:
+                                if count == 1:
+                                    outcomes.append((job, False, exc))
+                                    raise _Retry from None  # roll back; nothing to run again
+                                raise _Retry from exc
+                            outcomes += zip(run, itertools.repeat(True), ids)
+                            start = end
+                            continue
                         try:
                             outcomes.append((job, True, job.fn()))
                         except _OWN_ERRORS as exc:
-                            if len(live) == 1:
+                            if count == 1:
                                 outcomes.append((job, False, exc))
                                 raise _Retry from None  # roll back; nothing to run again
                             raise _Retry from exc
@@ -424,35 +446,19 @@ class AsyncStore:
                         for job in live:
                             try:
                                 with store.transaction():
-                                    outcomes.append((job, True, job.fn()))
+                                    if type(job) is _EventJob:
+                                        value = insert_events([job.row])[0]
+                                    else:
+                                        value = job.fn()
+                                outcomes.append((job, True, value))
                             except _OWN_ERRORS as exc:
                                 outcomes.append((job, False, exc))
         except BaseException as exc:  # noqa: BLE001 - the whole group failed
             outcomes = [(job, False, exc) for job in live]
-        _post_grouped(outcomes)
+        _post_grouped(outcomes, self._mark)
 
-    def _insert_event(self, row: tuple[Any, ...]) -> int:
-        """Insert one checked event row, its timestamp now; return its id."""
-        store = self.store
-        now = check_int("clock()", store.clock(), minimum=0)
-        return store._executor.insert(store._statements.insert_event, (*row[:3], now, *row[4:]))
-
-    def _insert_events(self, rows: list[tuple[Any, ...]]) -> list[int]:
-        """Insert checked event rows (now as their timestamp) by multi-row INSERTs;
-        return their ids. SQLite only: one writer, so one statement's ids are
-        consecutive and the last is ``last_insert_rowid()``."""
-        store = self.store
-        executor, statements = store._executor, store._statements
-        now = check_int("clock()", store.clock(), minimum=0)
-        ids: list[int] = []
-        start = 0
-        for size in split(len(rows)):
-            values = [v for row in rows[start:start + size]
-                      for v in (*row[:3], now, *row[4:])]
-            last = executor.insert(statements.insert_events(size), values)
-            ids += range(last - size + 1, last + 1)
-            start += size
-        return ids
+    def _mark(self) -> None:
+        self._writes.put(_MARK)
 
     # -- submitting -------------------------------------------------------------------
 
@@ -515,16 +521,14 @@ class AsyncStore:
         return await self._update("update_command", command_id, fields)
 
     async def create_event(self, *args: Any, **kwargs: Any) -> int:
-        a = create_event_arguments(args, kwargs)
-        row = event_row(a["batch_id"], a["story_id"], a["command_id"], a["event_type"],
-                        a["epic_id"], a["story_key"], a["command"], a["task_id"], a["status"],
-                        a["message"], a["payload"], 0)
-        loop = self._check_open()
-        future: asyncio.Future[int] = loop.create_future()
         # The row checked here is the row written (a payload the caller changes after
         # the call is not read again).
-        self._writes.put(_EventJob(functools.partial(self._insert_event, row),
-                                   future, loop, row))
+        row = _prepare_event(*args, **kwargs)
+        if self._closing or self._store is None:
+            self._check_open()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._writes.put(_EventJob(row, future, loop))
         return await future
 
     async def create_background_task(self, batch_id: int, story_key: str,
@@ -540,9 +544,7 @@ class AsyncStore:
         return await self._update("update_background_task", task_id, fields)
 
     async def _update(self, name: str, row_id: int, fields: Mapping[str, Any]) -> int:
-        model, id_name = _UPDATED[name]
-        check_int(id_name, row_id)
-        check_update(model, fields, _IMMUTABLE[model])
+        _check_update(name, row_id, fields)
         method: Callable[..., int] = getattr(self.store, name)
         return await self._group_write(functools.partial(method, row_id, **fields))
 

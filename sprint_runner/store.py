@@ -9,10 +9,11 @@ and :mod:`~sprint_runner.events` holds the stateless rules of the event log.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import socket
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, overload
@@ -70,7 +71,8 @@ from .validation import (
 )
 
 __all__ = ["BATCH_COLUMNS", "COMMAND_COLUMNS", "EVENT_COLUMNS", "EVENT_FIELDS", "MAX_PAGE",
-           "STORY_COLUMNS", "TASK_COLUMNS", "Row", "Store", "sqlite_storage_info"]
+           "STORY_COLUMNS", "TASK_COLUMNS", "PreparedWrites", "Row", "Store",
+           "sqlite_storage_info"]
 
 logger = logging.getLogger("sprint_runner")
 
@@ -82,6 +84,11 @@ _IMMUTABLE = {
     Command: frozenset({"id"}),
     BackgroundTask: frozenset({"id", "batch_id", "story_key"}),
 }
+_UPDATES: dict[str, tuple[type[BaseModel], str]] = {
+    "update_batch": (Batch, "batch_id"), "update_story": (Story, "story_id"),
+    "update_command": (Command, "command_id"),
+    "update_background_task": (BackgroundTask, "task_id")}
+"""Each ``update_*`` method's model and the name of its id parameter."""
 _BLOCKED_AFTER = 3
 
 
@@ -189,6 +196,12 @@ class Store:
     def backend(self) -> str:
         """``"sqlite"``, ``"postgresql"`` or ``"mysql"``."""
         return self._executor.backend
+
+    @property
+    def prepared(self) -> PreparedWrites:
+        """The checks of some writes apart from the writes, for callers that check
+        arguments in one place and write later in batches (:mod:`sprint_runner.aio`)."""
+        return PreparedWrites(self)
 
     def __repr__(self) -> str:
         return f"Store({self.location!r}, clock={getattr(self.clock, '__name__', self.clock)!r})"
@@ -861,6 +874,79 @@ class Store:
         columns = tuple(c for c in columns_of(model) if c in values)
         return self._executor.rowcount(self._statements.update(model, columns),
                                        tuple(values[c] for c in columns) + (row_id,))
+
+
+class PreparedWrites:
+    """``Store.prepared``: a write's checks now, the write itself later, many in one go.
+
+    The surface :mod:`sprint_runner.aio` group-commits with (semi-public: kept as stable
+    as ``Store``'s methods). ``event(...)`` checks ``create_event``'s arguments as it
+    does and returns the row; ``insert_events(rows)`` writes such rows, stamped now, and
+    returns their ids; ``check_update(method, row_id, fields)`` raises what that
+    ``update_*`` method would before writing. The two checks need no store (static
+    methods: ``PreparedWrites.event(...)`` works too).
+    """
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    @staticmethod
+    def event(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Check ``create_event``'s arguments as it does (the same errors) and return the
+        row it would insert, writing nothing; its timestamp is set when
+        :meth:`insert_events` writes it. The row is a plain tuple the caller must not
+        change (a payload changed after this call is not read again)."""
+        if len(args) == 9 and not kwargs:  # the old module's form, every argument positional
+            b, s, c, epic_id, story_key, command, task_id, status, message = args
+            return event_row(b, s, c, "", epic_id, story_key, command, task_id, status,
+                             message, None, 0)
+        a = create_event_arguments(args, kwargs)
+        return event_row(a["batch_id"], a["story_id"], a["command_id"], a["event_type"],
+                         a["epic_id"], a["story_key"], a["command"], a["task_id"], a["status"],
+                         a["message"], a["payload"], 0)
+
+    def insert_events(self, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+        """Insert rows from :meth:`event`, in order, all stamped with one reading of the
+        clock; return their ids, in order (``create_event`` for many rows at once).
+
+        Inside ``Store.transaction()`` the rows are part of it; outside, they are one
+        transaction of their own. On SQLite they go in multi-row INSERTs (one writer at a
+        time: one statement's ids are consecutive, the last its ``lastrowid``); on a
+        server, one INSERT each.
+        """
+        store = self._store
+        executor, statements = store._executor, store._statements
+        if not rows:
+            return []
+        if not store.database.in_transaction():
+            with executor.transaction():
+                return self.insert_events(rows)
+        now = store._now()
+        if len(rows) == 1 or not executor.ids_commit_in_order:
+            insert, one = executor.insert, statements.insert_event
+            return [insert(one, (*row[:3], now, *row[4:])) for row in rows]
+        width = len(rows[0])
+        values = list(itertools.chain.from_iterable(rows))
+        values[3::width] = itertools.repeat(now, len(rows))
+        ids: list[int] = []
+        start = 0
+        for size in split(len(rows)):
+            last = executor.insert(statements.insert_events(size),
+                                   values[start * width:(start + size) * width])
+            ids += range(last - size + 1, last + 1)
+            start += size
+        return ids
+
+    @staticmethod
+    def check_update(method: str, row_id: object, fields: Mapping[str, Any]) -> None:
+        """Raise what the ``update_*`` method named ``method`` raises for these arguments
+        before it writes (a bad id, an unknown or immutable field, a bad value); write
+        nothing."""
+        model, id_name = _UPDATES[method]
+        check_int(id_name, row_id)
+        check_update(model, fields, _IMMUTABLE[model])
 
 
 setattr(Store.create_event, "__signature__", create_event_signature(method=True))

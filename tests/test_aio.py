@@ -162,6 +162,70 @@ async def test_connect_defaults_to_db_path(tmp_path: Path, monkeypatch: pytest.M
         await store.create_batch(1)
 
 
+# -- Store.prepared: the surface the group commit uses ------------------------------------
+
+def test_prepared_writes_check_as_store_does_and_insert_in_order(db_target: str,
+                                                                 clock: FakeClock) -> None:
+    sync = Store(db_target, clock=clock)
+    try:
+        batch = sync.create_batch(1)
+        prepared = sync.prepared
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            ((batch, None, None, *EVENT, "old form"), {}),
+            ((batch, None, None, *EVENT, "keywords"), {"event_type": "a:b", "payload": {"n": 1}}),
+            ((batch, None, None, "c:d", *EVENT, "later form", {"n": 2}), {}),
+            ((batch, None, None, *EVENT), {"message": None})]
+        rows = [prepared.event(*args, **kwargs) for args, kwargs in calls]
+        clock.advance(5)
+        ids = prepared.insert_events(rows)  # outside a transaction: one of its own
+        assert ids == sorted(ids) and len(set(ids)) == 4
+        with sync.transaction():
+            ids += prepared.insert_events(rows[:1])
+            ids += prepared.insert_events(rows * 3)
+        assert prepared.insert_events([]) == []
+        expected = [sync.create_event(*args, **kwargs) for args, kwargs in calls]
+        got = {r["id"]: r for r in sync.get_events_by_batch(batch)}
+        assert ids == sorted(ids) and len(got) == len(ids) + 4
+        which = [0, 1, 2, 3, 0] + [0, 1, 2, 3] * 3  # the call each inserted row came from
+        for row_id, call in zip(ids, which, strict=True):  # each id is its own row
+            mine, same = got[row_id], got[expected[call]]
+            assert mine["timestamp"] == clock.now
+            assert {k: v for k, v in mine.items() if k != "id"} == \
+                {k: v for k, v in same.items() if k != "id"}
+        # The same errors as the methods, before anything is written.
+        for args, kwargs in [((batch,), {}), (("1", None, None, *EVENT, "m"), {}),
+                             ((batch, None, None, *EVENT, "m"), {"payload": {1j}}),
+                             ((batch, None, None, *EVENT, "m"), {"nope": 1})]:
+            with pytest.raises((TypeError, ValueError)) as expected_error:
+                sync.create_event(*args, **kwargs)
+            with pytest.raises(type(expected_error.value)) as got_error:
+                type(prepared).event(*args, **kwargs)
+            assert str(got_error.value) == str(expected_error.value)
+        for name, row_id, fields in [("update_batch", batch, {"id": 2}),
+                                     ("update_story", "1", {"status": "done"}),
+                                     ("update_background_task", 1, {"story_key": "x"}),
+                                     ("update_command", 1, {"status": 3})]:
+            with pytest.raises((TypeError, ValueError)) as expected_error:
+                getattr(sync, name)(row_id, **fields)
+            with pytest.raises(type(expected_error.value)) as got_error:
+                prepared.check_update(name, row_id, fields)
+            assert str(got_error.value) == str(expected_error.value)
+        prepared.check_update("update_batch", batch, {"cycles_completed": 1})
+        # A missing parent fails the whole call.
+        count = sync.count_events()
+        with pytest.raises(IntegrityError):
+            prepared.insert_events([rows[0], prepared.event(batch + 99, None, None, *EVENT, "x")])
+        assert sync.count_events() == count
+    finally:
+        sync.close()
+
+
+def test_aio_reads_no_private_attribute_of_store() -> None:
+    source = Path(aio.__file__).read_text()
+    for private in ("._executor", "._statements", "_IMMUTABLE", "._now", "._tail"):
+        assert private not in source, private
+
+
 # -- group commit ----------------------------------------------------------------------------
 
 @pytest.mark.asyncio
@@ -186,6 +250,20 @@ async def test_concurrent_writers_form_groups(db_target: str, clock: FakeClock) 
         for n in range(16):  # each writer's events in its order
             mine = [i for i in sorted(rows) if rows[i].startswith(f"{n}:")]
             assert [rows[i] for i in mine] == [f"{n}:{i}" for i in range(1000)]
+
+
+@pytest.mark.asyncio
+async def test_a_lone_caller_does_not_wait_out_max_delay(db_target: str, clock: FakeClock
+                                                          ) -> None:
+    # Once the loop has run the callers a commit woke, the writer stops waiting: a lone
+    # coroutine writing in turn pays the database, not max_delay, per write.
+    async with aio.AsyncStore(db_target, clock=clock, max_delay=1.0) as store:
+        batch = await store.create_batch(1)
+        started = time.monotonic()
+        for i in range(20):
+            await event(store, batch, f"m{i}")
+        assert time.monotonic() - started < 1.5  # max_delay / 8 per write would be 2.5 s
+        assert messages(store.store) == [f"m{i}" for i in range(20)]
 
 
 @pytest.mark.asyncio
