@@ -12,12 +12,13 @@ the peewee database, as ``playhouse.migrate`` picks a ``SchemaMigrator``.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import operator
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar, TypeVar
 
@@ -87,6 +88,19 @@ def run(conn: Any, sql: str, params: Any, result: Callable[[Any], T]) -> T:
 def run_many(conn: Any, sql: str, rows: Any, result: Callable[[Any], T]) -> T:
     """Run one statement for many parameter rows; return ``result(cursor)``."""
     return _on_cursor(conn, "executemany", sql, rows, result)
+
+
+def chunks(rows: Sequence[Sequence[Any]]) -> Iterator[tuple[int, list[Any]]]:
+    """Yield ``(n, values)``: ``rows`` in runs of :func:`~sprint_runner.events.split`'s
+    sizes, each run's values flattened (the parameters of an ``n``-row INSERT)."""
+    from .events import split
+
+    width = len(rows[0]) if rows else 0
+    values = list(itertools.chain.from_iterable(rows))
+    start = 0
+    for size in split(len(rows)):
+        yield size, values[start * width:(start + size) * width]
+        start += size
 
 
 def nothing(cursor: Any) -> None:
@@ -225,6 +239,14 @@ class Executor:
     def rowcount(self, statement: Statement, params: Sequence[Any] = ()) -> int:
         """Run a write statement and return the number of rows it changed."""
         return self.execute(statement.sql, statement.complete(params))
+
+    def insert_rows(self, one: Statement, many: Callable[[int], Statement],
+                    rows: Sequence[Sequence[Any]]) -> list[int]:
+        """Insert ``rows`` (each the slots of the one-row INSERT ``one``) in order, inside
+        the caller's transaction; return their ids, in order. ``many(n)`` is the INSERT
+        of ``n`` rows, with ``RETURNING`` where the database has it. This base runs one
+        INSERT per row; a backend that can tell a multi-row INSERT's ids runs fewer."""
+        return [self.insert(one, row) for row in rows]
 
     def many(self, statement: Statement, rows: Iterable[Sequence[Any]]) -> None:
         """Run a statement once per parameter row."""

@@ -359,6 +359,18 @@ class Statements:
             [slots[i * width:(i + 1) * width] for i in range(n)],
             fields=list(_EVENT_INSERT_FIELDS)), width=width)
 
+    def insert_events_returning(self, n: int) -> Statement:
+        """Return ``insert_events(n)`` with ``RETURNING id`` where the database has it
+        (PostgreSQL), so that one statement tells every new row's id."""
+        width = len(_EVENT_INSERT_FIELDS)
+        returning = self.database.returning_clause
+
+        def build(slots: list[Slot]) -> Any:
+            query = Event.insert_many([slots[i * width:(i + 1) * width] for i in range(n)],
+                                      fields=list(_EVENT_INSERT_FIELDS))
+            return query.returning(Event.id) if returning else query
+        return self._in_list("insert_events_returning", n, build, width=width)
+
     def _in_list(self, name: str, n: int, build: Callable[[list[Slot]], Any],
                  width: int = 1) -> Statement:
         def compile_list() -> Statement:

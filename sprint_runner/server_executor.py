@@ -33,6 +33,7 @@ from .executor import (
     WRITE_LOCK,
     Executor,
     T,
+    chunks,
     first_line,
     nothing,
     run,
@@ -628,6 +629,20 @@ class PostgresExecutor(ServerExecutor):
         adapter = getattr(database, "_adapter", None)
         self._savepoint_in_statement = type(adapter).__name__ == "Psycopg2Adapter"
         _watch_savepoints(database)
+
+    def insert_rows(self, one: Statement, many: Callable[[int], Statement],
+                    rows: Sequence[Sequence[Any]]) -> list[int]:
+        """Insert ``rows`` in multi-row ``INSERT ... RETURNING id``: one round trip per
+        chunk, not per row. A statement draws its ids from the sequence row by row, in
+        VALUES order (other sessions may draw between them), so sorted they are the
+        rows' ids in order."""
+        if len(rows) == 1:
+            return [self.insert(one, rows[0])]
+        ids: list[int] = []
+        for size, values in chunks(rows):
+            statement = many(size)
+            ids += sorted(row[0] for row in self._call(ROWS, statement.sql, values))
+        return ids
 
     def socket_of(self, conn: Any) -> int | None:
         """Return the psycopg2 connection's socket, or None once it is closed."""

@@ -33,6 +33,7 @@ from .executor import (
     Executor,
     Row,
     T,
+    chunks,
 )
 from .statements import Statement
 
@@ -254,6 +255,18 @@ class SqliteExecutor(Executor):
     def column(self, statement: Statement, params: Sequence[Any] = ()) -> list[Any]:
         """Return the first value of every row of the statement."""
         return [row[0] for row in self._rows(statement, params)]
+
+    def insert_rows(self, one: Statement, many: Callable[[int], Statement],
+                    rows: Sequence[Sequence[Any]]) -> list[int]:
+        """Insert ``rows`` in multi-row INSERTs: with one writer at a time, one
+        statement's ids are consecutive and the last is its ``lastrowid``."""
+        if len(rows) == 1:
+            return [self.insert(one, rows[0])]
+        ids: list[int] = []
+        for size, values in chunks(rows):
+            last = self.insert(many(size), values)
+            ids += range(last - size + 1, last + 1)
+        return ids
 
     def _rows(self, statement: Statement, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
         return self.fetchall(statement.sql,

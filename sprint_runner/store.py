@@ -9,7 +9,6 @@ and :mod:`~sprint_runner.events` holds the stateless rules of the event log.
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import os
 import socket
@@ -912,9 +911,9 @@ class PreparedWrites:
         clock; return their ids, in order (``create_event`` for many rows at once).
 
         Inside ``Store.transaction()`` the rows are part of it; outside, they are one
-        transaction of their own. On SQLite they go in multi-row INSERTs (one writer at a
-        time: one statement's ids are consecutive, the last its ``lastrowid``); on a
-        server, one INSERT each.
+        transaction of their own. They go in as few INSERTs as the backend can tell the
+        ids of (``Executor.insert_rows``): multi-row on SQLite and PostgreSQL, one per row
+        on MariaDB/MySQL.
         """
         store = self._store
         executor, statements = store._executor, store._statements
@@ -924,20 +923,9 @@ class PreparedWrites:
             with executor.transaction():
                 return self.insert_events(rows)
         now = store._now()
-        if len(rows) == 1 or not executor.ids_commit_in_order:
-            insert, one = executor.insert, statements.insert_event
-            return [insert(one, (*row[:3], now, *row[4:])) for row in rows]
-        width = len(rows[0])
-        values = list(itertools.chain.from_iterable(rows))
-        values[3::width] = itertools.repeat(now, len(rows))
-        ids: list[int] = []
-        start = 0
-        for size in split(len(rows)):
-            last = executor.insert(statements.insert_events(size),
-                                   values[start * width:(start + size) * width])
-            ids += range(last - size + 1, last + 1)
-            start += size
-        return ids
+        stamped = [(*row[:3], now, *row[4:]) for row in rows]
+        return executor.insert_rows(statements.insert_event,
+                                    statements.insert_events_returning, stamped)
 
     @staticmethod
     def check_update(method: str, row_id: object, fields: Mapping[str, Any]) -> None:

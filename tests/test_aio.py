@@ -164,6 +164,47 @@ async def test_connect_defaults_to_db_path(tmp_path: Path, monkeypatch: pytest.M
 
 # -- Store.prepared: the surface the group commit uses ------------------------------------
 
+def test_prepared_inserts_tell_each_row_its_own_id_under_concurrent_writers(
+        db_target: str, clock: FakeClock) -> None:
+    """Four threads insert runs of rows at once (on a server their statements' ids can
+    interleave): every id returned names the row its caller wrote there."""
+    import threading
+
+    sync = Store(db_target, clock=clock)
+    try:
+        batch = sync.create_batch(1)
+        results: dict[str, list[int]] = {}
+        errors: list[BaseException] = []
+
+        def writer(name: str) -> None:
+            try:
+                mine: list[int] = []
+                for run in range(15):
+                    rows = [sync.prepared.event(batch, None, None, *EVENT, f"{name}-{run}-{i}")
+                            for i in range(1 + (run * 7) % 40)]
+                    mine += sync.prepared.insert_events(rows)
+                results[name] = mine
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+            finally:
+                sync.close()
+
+        threads = [threading.Thread(target=writer, args=(f"w{n}",)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        got = {r["id"]: r["message"] for r in sync.get_events_by_batch(batch)}
+        for name, ids in results.items():
+            expected = [f"{name}-{run}-{i}" for run in range(15)
+                        for i in range(1 + (run * 7) % 40)]
+            assert [got[i] for i in ids] == expected
+        assert sum(len(ids) for ids in results.values()) == len(got)
+    finally:
+        sync.close()
+
+
 def test_prepared_writes_check_as_store_does_and_insert_in_order(db_target: str,
                                                                  clock: FakeClock) -> None:
     sync = Store(db_target, clock=clock)
