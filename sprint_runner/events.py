@@ -176,6 +176,20 @@ def create_event_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dic
     return bound
 
 
+def create_event_row(args: tuple[Any, ...], kwargs: dict[str, Any],
+                     now: Callable[[], int]) -> tuple[Any, ...]:
+    """Return the checked row of a ``create_event(*args, **kwargs)`` call, its timestamp
+    ``now()`` (read after the arguments are bound, before the row is checked)."""
+    if len(args) == 9 and not kwargs:  # the old module's form, every argument positional
+        b, s, c, epic_id, story_key, command, task_id, status, message = args
+        return event_row(b, s, c, "", epic_id, story_key, command, task_id, status,
+                         message, None, now())
+    a = create_event_arguments(args, kwargs)
+    return event_row(a["batch_id"], a["story_id"], a["command_id"], a["event_type"],
+                     a["epic_id"], a["story_key"], a["command"], a["task_id"], a["status"],
+                     a["message"], a["payload"], now())
+
+
 def split(n: int) -> list[int]:
     """Split ``n`` rows into full chunks and powers of two, so that a handful of
     cached statements (not one per remainder size) serve every count."""

@@ -28,13 +28,12 @@ from .events import (
     EVENT_FIELDS,
     MAX_PAGE,
     TIME_RANGE_PAGES,
-    create_event_arguments,
+    create_event_row,
     create_event_signature,
     decode_cursor,
     encode_cursor,
     event_filters,
     event_from_mapping,
-    event_row,
     split,
 )
 from .executor import DEFAULT_LOCK_RETRIES, Row, executor_for
@@ -422,10 +421,7 @@ class Store:
         keyword, or the later module's: ``event_type`` fourth and ``payload``
         eleventh (see :func:`~sprint_runner.events.create_event_arguments`).
         """
-        a = create_event_arguments(args, kwargs)
-        row = event_row(a["batch_id"], a["story_id"], a["command_id"], a["event_type"],
-                        a["epic_id"], a["story_key"], a["command"], a["task_id"], a["status"],
-                        a["message"], a["payload"], self._now())
+        row = create_event_row(args, kwargs, self._now)
         return self._executor.insert(self._statements.insert_event, row)
 
     def create_events(self, events: Iterable[Mapping[str, Any]]) -> int:
@@ -875,6 +871,10 @@ class Store:
                                        tuple(values[c] for c in columns) + (row_id,))
 
 
+def _unstamped() -> int:
+    return 0  # PreparedWrites.insert_events sets the timestamp when it writes
+
+
 class PreparedWrites:
     """``Store.prepared``: a write's checks now, the write itself later, many in one go.
 
@@ -897,14 +897,7 @@ class PreparedWrites:
         row it would insert, writing nothing; its timestamp is set when
         :meth:`insert_events` writes it. The row is a plain tuple the caller must not
         change (a payload changed after this call is not read again)."""
-        if len(args) == 9 and not kwargs:  # the old module's form, every argument positional
-            b, s, c, epic_id, story_key, command, task_id, status, message = args
-            return event_row(b, s, c, "", epic_id, story_key, command, task_id, status,
-                             message, None, 0)
-        a = create_event_arguments(args, kwargs)
-        return event_row(a["batch_id"], a["story_id"], a["command_id"], a["event_type"],
-                         a["epic_id"], a["story_key"], a["command"], a["task_id"], a["status"],
-                         a["message"], a["payload"], 0)
+        return create_event_row(args, kwargs, _unstamped)
 
     def insert_events(self, rows: Sequence[tuple[Any, ...]]) -> list[int]:
         """Insert rows from :meth:`event`, in order, all stamped with one reading of the
