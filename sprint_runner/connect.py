@@ -226,6 +226,11 @@ def sqlite_pragmas(busy_timeout: float, synchronous: str) -> list[tuple[str, Any
     ]
 
 
+def readonly_uri(path: str) -> str:
+    """Return the SQLite URI that opens the file ``path`` read-only (``mode=ro``)."""
+    return f"file:{pathname2url(os.path.abspath(path))}?mode=ro"
+
+
 class ReadOnlySqliteDatabase(peewee.SqliteDatabase):
     """A SQLite database whose every connection is opened ``mode=ro``: SQLite itself
     refuses any write ("attempt to write a readonly database"), and ``query_only`` is set
@@ -234,8 +239,8 @@ class ReadOnlySqliteDatabase(peewee.SqliteDatabase):
     read_only = True
 
     def _connect(self) -> sqlite3.Connection:
-        uri = f"file:{pathname2url(os.path.abspath(self.database))}?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, timeout=self._timeout,  # type: ignore[attr-defined]
+        conn = sqlite3.connect(readonly_uri(self.database), uri=True,
+                               timeout=self._timeout,  # type: ignore[attr-defined]
                                isolation_level=None, **self.connect_params)
         try:
             self._add_conn_hooks(conn)  # type: ignore[attr-defined]
@@ -268,7 +273,7 @@ def connect_sqlite_readonly(path: str, busy_timeout: float = DEFAULT_BUSY_TIMEOU
     a read-write connection to roll back; then one is opened instead: that recovery is
     what SQLite does on any open, not a change of ours.
     """
-    conn = sqlite3.connect(f"file:{pathname2url(os.path.abspath(path))}?mode=ro", uri=True,
+    conn = sqlite3.connect(readonly_uri(path), uri=True,
                            isolation_level=None, timeout=busy_timeout)
     try:
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
