@@ -42,6 +42,7 @@ _PEEWEE_ERRORS: dict[str, type[Exception]] = getattr(peewee, "EXCEPTIONS")  # na
 
 # What a statement returns, taken from its cursor (prebuilt: hot paths make no lambdas).
 ROWS = operator.methodcaller("fetchall")
+FIRST_ROW = operator.methodcaller("fetchone")
 ROWCOUNT = operator.attrgetter("rowcount")
 LASTROWID = operator.attrgetter("lastrowid")
 

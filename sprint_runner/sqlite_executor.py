@@ -26,6 +26,7 @@ from .errors import LockTimeout, StorageFull
 from .executor import (
     BACKOFF_BASE,
     BACKOFF_CAP,
+    FIRST_ROW,
     LASTROWID,
     ROWCOUNT,
     ROWS,
@@ -242,10 +243,10 @@ class SqliteExecutor(Executor):
             params = statement.complete(params)
         conn = self._state.conn or self.connect()
         try:
-            rows = conn.execute(statement.sql, params).fetchall()
+            row = conn.execute(statement.sql, params).fetchone()
         except Exception as exc:
-            rows = self._failed(exc, ROWS, statement.sql, params)
-        return dict(zip(statement.columns, rows[0])) if rows else None
+            row = self._failed(exc, FIRST_ROW, statement.sql, params)
+        return dict(zip(statement.columns, row)) if row is not None else None
 
     def all(self, statement: Statement, params: Sequence[Any] = ()) -> list[Row]:
         """Return every row of the statement as a dict of its columns."""
@@ -269,8 +270,13 @@ class SqliteExecutor(Executor):
         return ids
 
     def _rows(self, statement: Statement, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
-        return self.fetchall(statement.sql,
-                             statement.complete(params) if statement.template else params)
+        if statement.template:
+            params = statement.complete(params)
+        conn = self._state.conn or self.connect()
+        try:
+            return cast(Sequence[Sequence[Any]], conn.execute(statement.sql, params).fetchall())
+        except Exception as exc:
+            return cast(Sequence[Sequence[Any]], self._failed(exc, ROWS, statement.sql, params))
 
     def storage_full(self, exc: BaseException) -> BaseException | None:
         """Return StorageFull, naming the file and the space left, if SQLite reports

@@ -88,6 +88,7 @@ _UPDATES: dict[str, tuple[type[BaseModel], str]] = {
     "update_background_task": (BackgroundTask, "task_id")}
 """Each ``update_*`` method's model and the name of its id parameter."""
 _BLOCKED_AFTER = 3
+_ALL_FAILED = ["failed"] * _BLOCKED_AFTER  # what column() returns for a blocked story
 
 
 def _owner() -> str:
@@ -370,7 +371,7 @@ class Store:
         check_int("story_id", story_id)
         statuses = self._executor.column(self._statements.last_command_statuses,
                                          (story_id, _BLOCKED_AFTER))
-        return len(statuses) == _BLOCKED_AFTER and all(s == "failed" for s in statuses)
+        return statuses == _ALL_FAILED
 
     # -- commands -------------------------------------------------------------------------
 
