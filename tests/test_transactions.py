@@ -151,6 +151,43 @@ def test_reads_leave_no_transaction_open(store: Store, batch: int, db_target: st
         other.close()
 
 
+class _BusyOnce:
+    """A connection stand-in whose next ``execute`` reports SQLite busy, once."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn, self.failures = conn, 0
+
+    def execute(self, sql: str, params: object = ()) -> sqlite3.Cursor:
+        if self.failures == 0:
+            self.failures += 1
+            raise sqlite3.OperationalError("database is locked")
+        return self.conn.execute(sql, params)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("read", ["get_batch", "get_story", "check_story_blocked",
+                                  "get_stories_by_batch"])
+def test_busy_read_outside_a_transaction_is_retried(store: Store, batch: int,
+                                                    read: str) -> None:
+    story = store.create_story(batch, "1", "1-1")
+    for _ in range(3):
+        store.update_command(store.create_command(story, "dev-story", "t"), status="failed")
+    arg = batch if read in ("get_batch", "get_stories_by_batch") else story
+    expected = getattr(store, read)(arg)
+    state = store._executor._state  # type: ignore[attr-defined]  # SQLite only
+    busy = _BusyOnce(state.conn)
+    state.conn = busy
+    try:
+        assert getattr(store, read)(arg) == expected
+    finally:
+        state.conn = busy.conn
+    assert busy.failures == 1
+    assert expected not in (None, False, [])
+
+
 @pytest.mark.sqlite_only
 def test_foreign_keys_on_for_every_connection(store: Store) -> None:
     assert store.database.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
