@@ -270,13 +270,8 @@ class SqliteExecutor(Executor):
         return ids
 
     def _rows(self, statement: Statement, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
-        if statement.template:
-            params = statement.complete(params)
-        conn = self._state.conn or self.connect()
-        try:
-            return cast(Sequence[Sequence[Any]], conn.execute(statement.sql, params).fetchall())
-        except Exception as exc:
-            return cast(Sequence[Sequence[Any]], self._failed(exc, ROWS, statement.sql, params))
+        return self.fetchall(statement.sql,
+                             statement.complete(params) if statement.template else params)
 
     def storage_full(self, exc: BaseException) -> BaseException | None:
         """Return StorageFull, naming the file and the space left, if SQLite reports
