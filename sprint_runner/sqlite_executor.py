@@ -251,11 +251,13 @@ class SqliteExecutor(Executor):
     def all(self, statement: Statement, params: Sequence[Any] = ()) -> list[Row]:
         """Return every row of the statement as a dict of its columns."""
         columns = statement.columns
-        return [dict(zip(columns, row)) for row in self._rows(statement, params)]
+        return [dict(zip(columns, row)) for row in self.fetchall(
+            statement.sql, statement.complete(params) if statement.template else params)]
 
     def column(self, statement: Statement, params: Sequence[Any] = ()) -> list[Any]:
         """Return the first value of every row of the statement."""
-        return [row[0] for row in self._rows(statement, params)]
+        return [row[0] for row in self.fetchall(
+            statement.sql, statement.complete(params) if statement.template else params)]
 
     def insert_rows(self, one: Statement, many: Callable[[int], Statement],
                     rows: Sequence[Sequence[Any]]) -> list[int]:
@@ -268,10 +270,6 @@ class SqliteExecutor(Executor):
             last = self.insert(many(size), values)
             ids += range(last - size + 1, last + 1)
         return ids
-
-    def _rows(self, statement: Statement, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
-        return self.fetchall(statement.sql,
-                             statement.complete(params) if statement.template else params)
 
     def storage_full(self, exc: BaseException) -> BaseException | None:
         """Return StorageFull, naming the file and the space left, if SQLite reports
